@@ -1,0 +1,1 @@
+"""scaph-openstack: per-instance energy for OpenStack compute nodes."""

@@ -1,0 +1,19 @@
+from oslo_config import cfg
+
+GROUP = cfg.OptGroup('prometheus', title='Prometheus /metrics publisher')
+
+OPTS = [
+    cfg.HostAddressOpt('listen_address', default='127.0.0.1',
+                       help='Address the /metrics endpoint binds to.'),
+    cfg.PortOpt('port', default=9109,
+                help='Port of the /metrics endpoint.'),
+]
+
+
+def register_opts(conf):
+    conf.register_group(GROUP)
+    conf.register_opts(OPTS, group=GROUP)
+
+
+def list_opts():
+    return {GROUP: OPTS}

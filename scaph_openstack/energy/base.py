@@ -1,0 +1,67 @@
+"""What every energy source returns: cumulative counters per zone."""
+
+import abc
+import dataclasses
+
+SOURCE_RAPL = 'rapl'
+SOURCE_SIMULATED = 'simulated'
+
+
+class EnergySourceError(Exception):
+    """The source cannot be used at all (not one zone readable)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ZoneReading:
+    """One powercap zone at one instant.
+
+    ``name`` is stable across ticks and restarts (``package-0``, ``dram-0``,
+    ``core-1``, ``psys``); ``kind`` is what it measures (package, dram,
+    core, uncore, psys).
+    """
+    name: str
+    kind: str
+    socket: int
+    energy_uj: int
+    max_energy_range_uj: int
+
+
+@dataclasses.dataclass(frozen=True)
+class EnergyReading:
+    source: str
+    zones: tuple[ZoneReading, ...]
+    # Zones that could not be read this time, name -> reason. A zone
+    # missing from one reading is skipped for that tick, never guessed.
+    errors: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def by_name(self):
+        return {zone.name: zone for zone in self.zones}
+
+
+class EnergySource(abc.ABC):
+    """Plugin base for the ``scaph_openstack.energy`` group."""
+
+    name = None
+
+    @abc.abstractmethod
+    def read(self) -> EnergyReading:
+        """Read every zone once; raise EnergySourceError if none is usable."""
+
+
+def counter_delta(previous, current, max_energy_range_uj, expected_uj=None):
+    """Energy between two readings of a wrapping counter, in µJ.
+
+    A counter lower than before wrapped once at ``max_energy_range_uj``.
+    One reading cannot tell how many times it wrapped during a long pause:
+    when ``expected_uj`` (an estimate from recent power x elapsed time) is
+    given, the number of extra whole wraps that best matches it is added.
+    """
+    if current >= previous:
+        delta = current - previous
+    else:
+        delta = max_energy_range_uj - previous + current
+    if expected_uj is not None and max_energy_range_uj > 0:
+        extra_wraps = round((expected_uj - delta) / max_energy_range_uj)
+        if extra_wraps > 0:
+            delta += extra_wraps * max_energy_range_uj
+    return delta
