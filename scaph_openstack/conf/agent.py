@@ -23,6 +23,9 @@ OPTS = [
                 help='Publisher plugins run after every tick (entry point '
                      'group scaph_openstack.publishers): snapshot, share, '
                      'prometheus.'),
+    cfg.StrOpt('host', sample_default='<hostname>',
+               help='Name of this compute node in outputs; defaults to the '
+                    'hostname, as nova-compute does.'),
     cfg.StrOpt('proc_stat_path', default='/proc/stat',
                help='Host CPU accounting file (busy and idle time).'),
 ]

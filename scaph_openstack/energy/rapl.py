@@ -133,3 +133,11 @@ class RaplSource(base.EnergySource):
                 'no readable RAPL zone under %s: %s'
                 % (self.powercap_path, '; '.join(errors.values())))
         return base.EnergyReading(self.name, tuple(zones), errors)
+
+
+def from_conf(conf):
+    reader = None
+    if conf.energy.use_privsep:
+        from scaph_openstack.privsep import rapl as privsep_rapl
+        reader = privsep_rapl.read_energy_uj
+    return RaplSource(conf.energy.powercap_path, privileged_reader=reader)

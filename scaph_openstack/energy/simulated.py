@@ -69,3 +69,9 @@ class SimulatedSource(base.EnergySource):
             zones.append(base.ZoneReading(name, kind, socket, value,
                                           self.max_energy_range_uj))
         return base.EnergyReading(self.name, tuple(zones))
+
+
+def from_conf(conf):
+    s = conf.simulated
+    return SimulatedSource(s.sockets, s.idle_watts, s.max_watts, s.dram_watts,
+                           s.max_energy_range_uj, conf.agent.proc_stat_path)

@@ -1,0 +1,112 @@
+"""scaph-openstack-agent: the oslo.service tick loop and its command line.
+
+Runs on oslo.service's threading backend (eventlet is deprecated).
+"""
+
+import os
+import socket
+import sys
+
+from oslo_log import log as logging
+from oslo_service import backend
+
+backend.init_backend(backend.BackendType.THREADING)
+
+from oslo_privsep import priv_context  # noqa: E402
+from oslo_service import loopingcall  # noqa: E402
+from oslo_service import service  # noqa: E402
+
+from scaph_openstack.agent import plugins  # noqa: E402
+from scaph_openstack.agent import tick  # noqa: E402
+from scaph_openstack import conf as scaph_conf  # noqa: E402
+from scaph_openstack import ledger  # noqa: E402
+from scaph_openstack import privsep  # noqa: E402
+
+LOG = logging.getLogger(__name__)
+LEDGER_FILE = 'ledger.json'
+
+
+def ledger_path(conf):
+    return os.path.join(conf.agent.state_dir, LEDGER_FILE)
+
+
+def build_ticker(conf):
+    """The Ticker with every plugin loaded; raises on unusable config."""
+    publishers = plugins.publishers(conf)
+    for publisher in publishers:
+        publisher.start()
+    return tick.Ticker(
+        energy=plugins.energy_source(conf),
+        inventory=plugins.load(plugins.INVENTORY, conf.agent.inventory,
+                               conf),
+        attribution=plugins.load(plugins.ATTRIBUTION,
+                                 conf.agent.attribution, conf),
+        ledger=ledger.Ledger.load(ledger_path(conf)),
+        publishers=publishers,
+        ledger_path=ledger_path(conf),
+        host=conf.agent.host or socket.gethostname(),
+        configured_interval_s=conf.agent.interval,
+        stale_after_s=conf.agent.interval * conf.snapshot.stale_after,
+        retention_s=conf.agent.retention,
+        proc_stat_path=conf.agent.proc_stat_path)
+
+
+def start_privsep():
+    # Already root (the systemd unit): fork the privileged daemon rather
+    # than going through sudo/rootwrap, which a root process does not need.
+    if os.geteuid() == 0:
+        privsep.sys_admin.start(priv_context.Method.FORK)
+
+
+class AgentService(service.Service):
+
+    def __init__(self, conf):
+        super().__init__()
+        self.conf = conf
+        self.ticker = None
+        self.timer = None
+
+    def start(self):
+        super().start()
+        start_privsep()
+        self.ticker = build_ticker(self.conf)
+        LOG.info('Agent ticking every %.1fs: energy=%s inventory=%s '
+                 'publishers=%s', self.conf.agent.interval,
+                 self.ticker.energy.name, self.ticker.inventory.name,
+                 ','.join(p.name for p in self.ticker.publishers))
+        self.timer = loopingcall.FixedIntervalLoopingCall(self._tick)
+        self.timer.start(interval=self.conf.agent.interval,
+                         initial_delay=0, stop_on_exception=False)
+
+    def _tick(self):
+        try:
+            self.ticker.tick()
+        except Exception:  # a tick may fail; the agent must not
+            LOG.exception('Tick failed')
+
+    def stop(self, graceful=False):
+        if self.timer is not None:
+            self.timer.stop()
+        if self.ticker is not None:
+            for publisher in self.ticker.publishers:
+                publisher.stop()
+            self.ticker.inventory.close()
+        super().stop(graceful)
+
+
+def prepare(argv, conf=scaph_conf.CONF):
+    logging.register_options(conf)
+    conf(argv, project='scaph-openstack')
+    logging.setup(conf, 'scaph-openstack')
+    return conf
+
+
+def main(argv=None):
+    conf = prepare(sys.argv[1:] if argv is None else argv)
+    launcher = service.ServiceLauncher(conf, restart_method='mutate')
+    launcher.launch_service(AgentService(conf))
+    return launcher.wait()
+
+
+if __name__ == '__main__':
+    sys.exit(main())

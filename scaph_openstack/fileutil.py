@@ -1,0 +1,63 @@
+"""Atomic file replacement relative to a directory file descriptor.
+
+Every file a reader may look at (share, snapshot, ledger) is replaced by
+write-to-temp + rename, so a reader sees the old or the new content, never
+a torn or empty file. Names are resolved inside an already opened
+directory with O_NOFOLLOW, so a symlink planted in the tree is never
+followed.
+"""
+
+import contextlib
+import os
+import secrets
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_dir(path, dir_fd=None):
+    return os.open(path, DIR_FLAGS, dir_fd=dir_fd)
+
+
+@contextlib.contextmanager
+def opened_dir(path, dir_fd=None):
+    fd = open_dir(path, dir_fd=dir_fd)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def replace_at(dir_fd, name, data, mode=0o644, fsync=False):
+    """Atomically make ``name`` in ``dir_fd`` hold ``data`` (bytes).
+
+    On any error (ENOSPC on a full disk, ...) the temporary file is removed
+    and the old content stays in place; the error propagates.
+    """
+    tmp = '.%s.%s.tmp' % (name, secrets.token_hex(4))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                 | os.O_CLOEXEC, mode, dir_fd=dir_fd)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, mode)  # the umask must not decide what guests see
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+    if fsync:
+        os.fsync(dir_fd)
+
+
+def replace_file(path, data, mode=0o644, fsync=True):
+    """replace_at for a path; the parent directory is created if missing."""
+    parent, name = os.path.split(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    with opened_dir(parent) as dir_fd:
+        replace_at(dir_fd, name, data, mode=mode, fsync=fsync)

@@ -1,0 +1,154 @@
+"""Cumulative per-instance and per-zone counters, persisted atomically.
+
+Counters are Python integers in µJ that only ever grow: RAPL wraparound
+is absorbed by the energy deltas before they get here, and a VM reboot
+does not reset anything because instances are keyed by UUID. The ledger
+is saved before any publisher runs, so a published value is never ahead
+of what a restarted agent starts from.
+"""
+
+import dataclasses
+import json
+
+from scaph_openstack import fileutil
+from scaph_openstack.inventory import base as inventory_base
+
+FORMAT = 'scaph-openstack.ledger'
+VERSION = 1
+# Zone kinds that add up to an instance's total. core/uncore are parts of
+# the package and psys contains both: adding them would count twice.
+ADDITIVE_KINDS = ('package', 'dram')
+
+
+class LedgerError(Exception):
+    pass
+
+
+def zone_kind(zone_name):
+    """'package-0' -> 'package', 'psys' -> 'psys'."""
+    kind, _, socket = zone_name.rpartition('-')
+    return kind if socket.isdigit() and kind else zone_name
+
+
+@dataclasses.dataclass
+class InstanceRecord:
+    identity: inventory_base.InstanceIdentity
+    energy_uj: dict[str, int] = dataclasses.field(default_factory=dict)
+    first_seen: float = 0.0
+    last_seen: float = 0.0
+    power_w: float = 0.0
+    running: bool = True
+
+    def kind_total(self, kind):
+        return sum(v for zone, v in self.energy_uj.items()
+                   if zone_kind(zone) == kind)
+
+    @property
+    def total_uj(self):
+        return sum(self.kind_total(kind) for kind in ADDITIVE_KINDS)
+
+
+@dataclasses.dataclass
+class ZoneRecord:
+    name: str
+    kind: str
+    socket: int
+    measured_uj: int = 0
+    residual_uj: int = 0
+    unallocated_idle_uj: int = 0
+    power_w: float = 0.0
+
+
+class Ledger:
+
+    def __init__(self):
+        self.instances = {}
+        self.zones = {}
+
+    def add_tick(self, splits, zone_deltas, identities, interval_s, now):
+        """Add one tick's ZoneSplits. ``identities``: uuid -> identity of
+        every instance running now."""
+        for uuid, identity in identities.items():
+            record = self.instances.get(uuid)
+            if record is None:
+                record = self.instances[uuid] = InstanceRecord(
+                    identity, first_seen=now)
+            record.identity, record.last_seen, record.running = \
+                identity, now, True
+            record.power_w = 0.0
+        for uuid in set(self.instances) - set(identities):
+            self.instances[uuid].running = False
+            self.instances[uuid].power_w = 0.0
+        for delta in zone_deltas:
+            self.zones.setdefault(delta.name, ZoneRecord(
+                delta.name, delta.kind, delta.socket))
+        for split in splits:
+            self._add_split(split, interval_s)
+
+    def _add_split(self, split, interval_s):
+        zone = self.zones[split.zone]
+        zone.measured_uj += split.delta_uj
+        zone.residual_uj += split.host_residual_uj
+        zone.unallocated_idle_uj += split.unallocated_idle_uj
+        zone.power_w = split.delta_uj / interval_s / 1e6 if interval_s else 0
+        additive = zone.kind in ADDITIVE_KINDS
+        for uuid, uj in split.instances.items():
+            record = self.instances[uuid]
+            record.energy_uj[split.zone] = \
+                record.energy_uj.get(split.zone, 0) + uj
+            if additive and interval_s:
+                record.power_w += uj / interval_s / 1e6
+
+    def expire(self, now, retention):
+        """Drop instances not seen for ``retention`` seconds; their UUIDs."""
+        gone = [uuid for uuid, record in self.instances.items()
+                if not record.running and now - record.last_seen > retention]
+        for uuid in gone:
+            del self.instances[uuid]
+        return gone
+
+    def has_kind(self, kind):
+        return any(zone.kind == kind for zone in self.zones.values())
+
+    def to_dict(self):
+        return {
+            'format': FORMAT, 'version': VERSION,
+            'zones': [dataclasses.asdict(z) for z in self.zones.values()],
+            'instances': [
+                dict(dataclasses.asdict(r), identity=r.identity.as_dict())
+                for r in self.instances.values()],
+        }
+
+    @classmethod
+    def from_dict(cls, doc):
+        if doc.get('format') != FORMAT or doc.get('version') != VERSION:
+            raise LedgerError('not a version %d ledger' % VERSION)
+        ledger = cls()
+        for zone in doc['zones']:
+            ledger.zones[zone['name']] = ZoneRecord(**zone)
+        for item in doc['instances']:
+            identity = inventory_base.InstanceIdentity(**item.pop('identity'))
+            record = InstanceRecord(identity, **item)
+            record.running = False  # until the inventory sees it again
+            ledger.instances[identity.uuid] = record
+        return ledger
+
+    def save(self, path):
+        data = json.dumps(self.to_dict(), separators=(',', ':')).encode()
+        fileutil.replace_file(path, data, mode=0o600, fsync=True)
+
+    @classmethod
+    def load(cls, path):
+        """The saved ledger, a new one if there is none; LedgerError if the
+        file exists but is unusable (never silently reset counters)."""
+        try:
+            with open(path, 'rb') as f:
+                doc = json.loads(f.read())
+            return cls.from_dict(doc)
+        except FileNotFoundError:
+            return cls()
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise LedgerError(
+                'ledger %s is unusable (%s). Counters are not reset '
+                'silently: restore it, or move it aside to start every '
+                'counter from zero.' % (path, exc))

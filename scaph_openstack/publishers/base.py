@@ -1,0 +1,22 @@
+"""Plugin base for the ``scaph_openstack.publishers`` group."""
+
+import abc
+
+
+class Publisher(abc.ABC):
+
+    name = None
+
+    @classmethod
+    def from_conf(cls, conf):
+        return cls()
+
+    def start(self):
+        """Called once before the first tick (mounts, sockets, ...)."""
+
+    @abc.abstractmethod
+    def publish(self, report):
+        """Deliver one TickReport. Never read back what was written."""
+
+    def stop(self):
+        pass

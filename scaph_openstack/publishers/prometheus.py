@@ -1,0 +1,89 @@
+"""Publisher ``prometheus``: /metrics over HTTP with prometheus_client.
+
+A custom collector renders the ledger at scrape time, so a tick costs
+nothing here and instances that are gone vanish from the output with
+the ledger entry.
+"""
+
+from prometheus_client import core
+from prometheus_client import exposition
+
+from scaph_openstack.publishers import base
+
+INSTANCE_LABELS = ('instance_uuid', 'name', 'display_name', 'project_id',
+                   'project_name', 'user_id', 'user_name', 'source')
+
+
+def _label_values(record, source):
+    i = record.identity
+    return [i.uuid, i.name, i.display_name or '', i.project_id or '',
+            i.project_name or '', i.user_id or '', i.user_name or '',
+            source]
+
+
+class LedgerCollector:
+
+    def __init__(self):
+        self.report = None
+
+    def collect(self):
+        report = self.report
+        if report is None:
+            return
+        energy = core.CounterMetricFamily(
+            'scaph_instance_energy_joules',
+            'Energy attributed to the instance (package + dram)',
+            labels=INSTANCE_LABELS)
+        power = core.GaugeMetricFamily(
+            'scaph_instance_power_watts',
+            'Average power attributed over the last interval',
+            labels=INSTANCE_LABELS)
+        for record in report.ledger.instances.values():
+            labels = _label_values(record, report.source)
+            energy.add_metric(labels, record.total_uj / 1e6)
+            power.add_metric(labels, record.power_w)
+        zone = core.CounterMetricFamily(
+            'scaph_host_zone_energy_joules',
+            'Energy measured (or simulated) in each host zone',
+            labels=('zone', 'kind', 'socket', 'source'))
+        unattributed = core.CounterMetricFamily(
+            'scaph_host_zone_unattributed_energy_joules',
+            'Zone energy not given to any instance',
+            labels=('zone', 'part', 'source'))
+        for z in report.ledger.zones.values():
+            zone.add_metric([z.name, z.kind, str(z.socket), report.source],
+                            z.measured_uj / 1e6)
+            unattributed.add_metric([z.name, 'residual', report.source],
+                                    z.residual_uj / 1e6)
+            unattributed.add_metric([z.name, 'idle', report.source],
+                                    z.unallocated_idle_uj / 1e6)
+        yield from (energy, power, zone, unattributed)
+
+
+class PrometheusPublisher(base.Publisher):
+
+    name = 'prometheus'
+
+    def __init__(self, address='127.0.0.1', port=9109):
+        self.address = address
+        self.port = port
+        self.collector = LedgerCollector()
+        self.registry = core.CollectorRegistry()
+        self.registry.register(self.collector)
+        self._server = None
+
+    @classmethod
+    def from_conf(cls, conf):
+        return cls(conf.prometheus.listen_address, conf.prometheus.port)
+
+    def start(self):
+        self._server, _thread = exposition.start_http_server(
+            self.port, addr=self.address, registry=self.registry)
+
+    def publish(self, report):
+        self.collector.report = report
+
+    def stop(self):
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None

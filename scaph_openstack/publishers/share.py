@@ -1,0 +1,118 @@
+"""Publisher ``share``: each instance's powercap tree for its guest.
+
+Guest exposure is rate-limited (``min_interval``) and quantised
+(``resolution_uj``): a per-VM counter derived from host-wide RAPL moves
+with the neighbours' activity (PLATYPUS, CVE-2020-8694). Defaults of 10 s
+and 1 J keep scaphandre's power readings useful (it averages over its own
+interval) while blurring the fine-grained variations a side channel needs.
+"""
+
+import os
+import time
+
+from oslo_log import log as logging
+
+from scaph_openstack.privsep import mounts
+from scaph_openstack.publishers import base
+from scaph_openstack.share import layout
+from scaph_openstack.share import tree
+
+LOG = logging.getLogger(__name__)
+ORPHAN_SCAN_INTERVAL_S = 60.0
+
+
+class SharePublisher(base.Publisher):
+
+    name = 'share'
+
+    def __init__(self, work_dir, export_dir=None, manage_mounts=False,
+                 tmpfs_size='64m', min_interval=10.0, resolution_uj=1000000,
+                 retention_s=86400, clock=time.monotonic):
+        self.tree = tree.ShareTree(work_dir)
+        self.work_dir = work_dir
+        self.export_dir = export_dir
+        self.manage_mounts = manage_mounts
+        self.tmpfs_size = tmpfs_size
+        self.min_interval = min_interval
+        self.resolution_uj = resolution_uj
+        self.retention_s = retention_s
+        self.clock = clock
+        self._last_write = {}    # uuid -> monotonic time
+        self._last_values = {}   # uuid -> (package, dram) written
+        self._last_scan = None
+        self._bad_names = set()
+
+    @classmethod
+    def from_conf(cls, conf):
+        return cls(conf.share.work_dir, conf.share.export_dir,
+                   conf.share.manage_mounts, conf.share.tmpfs_size,
+                   conf.share.min_interval, conf.share.resolution_uj,
+                   conf.agent.retention)
+
+    def start(self):
+        if self.manage_mounts:
+            mounts.ensure_share_mounts(self.work_dir, self.export_dir,
+                                       self.tmpfs_size)
+        else:
+            os.makedirs(self.work_dir, exist_ok=True)
+
+    def _due(self, uuid, now):
+        last = self._last_write.get(uuid)
+        return last is None or now - last >= self.min_interval
+
+    def _files(self, uuid, record, report, with_dram):
+        package = layout.quantise(record.kind_total('package'),
+                                  self.resolution_uj)
+        dram = (layout.quantise(record.kind_total('dram'),
+                                self.resolution_uj) if with_dram else None)
+        files = {}
+        if self._last_values.get(uuid) != (package, dram):
+            files.update(layout.zone_files(package, dram))
+            self._last_values[uuid] = (package, dram)
+        files[('', layout.META_FILE)] = layout.meta_file(
+            layout.meta_document(
+                uuid, report.time,
+                max(self.min_interval, report.configured_interval_s),
+                report.source, report.model, self.resolution_uj))
+        return files
+
+    def publish(self, report):
+        now = self.clock()
+        with_dram = report.ledger.has_kind('dram')
+        for uuid, record in report.ledger.instances.items():
+            if not (record.running and self._due(uuid, now)):
+                continue
+            try:
+                self.tree.write_instance(
+                    uuid, self._files(uuid, record, report, with_dram))
+            except layout.LayoutError as exc:
+                if uuid not in self._bad_names:
+                    LOG.warning('No share for instance: %s', exc)
+                    self._bad_names.add(uuid)
+                continue
+            self._last_write[uuid] = now
+        for uuid in report.expired:
+            self._forget(uuid)
+        self._remove_orphans(report, now)
+
+    def _forget(self, uuid):
+        self._last_write.pop(uuid, None)
+        self._last_values.pop(uuid, None)
+        try:
+            self.tree.remove_instance(uuid)
+        except layout.LayoutError:
+            pass
+
+    def _remove_orphans(self, report, now):
+        """Directories no ledger entry owns, older than the retention:
+        instances deleted while the agent was down. Younger ones may be
+        instances Nova is starting right now."""
+        if self._last_scan is not None and \
+                now - self._last_scan < ORPHAN_SCAN_INTERVAL_S:
+            return
+        self._last_scan = now
+        for name, mtime in self.tree.instances():
+            if name not in report.ledger.instances and \
+                    report.time - mtime > self.retention_s:
+                LOG.info('Removing share of vanished instance %s', name)
+                self._forget(name)

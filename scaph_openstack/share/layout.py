@@ -1,0 +1,90 @@
+"""The guest-visible tree: a contract (doc/share.md), no I/O here.
+
+Per instance, under ``<export_dir>/<uuid>/``::
+
+    intel-rapl:0/name                   package-0
+    intel-rapl:0/energy_uj              cumulative µJ (package zones)
+    intel-rapl:0/max_energy_range_uj    18446744073709551615
+    intel-rapl:0:0/...                  the same for dram, if the host has it
+    scaph-openstack.json                schema, uuid, interval, time, source
+
+This is what scaphandre's ``--vm`` mode reads (REFERENCE.md §1): a package
+directory with a ``name`` that is not ``psys``, a trimmed u64
+``energy_uj``. Guest counters are the agent's cumulative ledger values and
+never wrap, so ``max_energy_range_uj`` is the u64 maximum.
+"""
+
+import json
+import re
+
+PACKAGE_DIR = 'intel-rapl:0'
+DRAM_DIR = 'intel-rapl:0:0'
+META_FILE = 'scaph-openstack.json'
+META_FORMAT = 'scaph-openstack.share'
+META_VERSION = 1
+MAX_ENERGY_RANGE_UJ = 2 ** 64 - 1
+DIR_MODE = 0o555
+FILE_MODE = 0o444
+DEFAULT_TAG = 'scaphandre'
+GUEST_MOUNTPOINT = '/var/scaphandre'
+
+_SAFE_NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$')
+
+
+class LayoutError(ValueError):
+    pass
+
+
+def instance_dir_name(uuid):
+    """The directory name of an instance; refuses anything path-like."""
+    if not isinstance(uuid, str) or not _SAFE_NAME.match(uuid):
+        raise LayoutError('%r cannot name a share directory' % (uuid,))
+    return uuid
+
+
+def quantise(value_uj, resolution_uj):
+    return value_uj - value_uj % resolution_uj
+
+
+def _number(value):
+    return b'%d\n' % value
+
+
+def zone_files(package_uj, dram_uj=None):
+    """{(directory, file name): bytes} for the counters."""
+    files = {
+        (PACKAGE_DIR, 'name'): b'package-0\n',
+        (PACKAGE_DIR, 'energy_uj'): _number(package_uj),
+        (PACKAGE_DIR, 'max_energy_range_uj'): _number(MAX_ENERGY_RANGE_UJ),
+    }
+    if dram_uj is not None:
+        files.update({
+            (DRAM_DIR, 'name'): b'dram\n',
+            (DRAM_DIR, 'energy_uj'): _number(dram_uj),
+            (DRAM_DIR, 'max_energy_range_uj'): _number(MAX_ENERGY_RANGE_UJ),
+        })
+    return files
+
+
+def meta_document(uuid, updated, update_interval_s, source, model,
+                  resolution_uj):
+    """The small JSON a guest reads to tell a stalled agent from an idle
+    VM. ``updated`` is None until the agent first writes the counters."""
+    return {
+        'format': META_FORMAT, 'version': META_VERSION, 'uuid': uuid,
+        'updated': updated, 'update_interval_s': update_interval_s,
+        'source': source, 'model': model, 'resolution_uj': resolution_uj,
+        'unit': 'uJ',
+    }
+
+
+def meta_file(document):
+    return json.dumps(document, sort_keys=True).encode() + b'\n'
+
+
+def initial_files(uuid, with_dram=False):
+    """What exists before the agent first writes: zero counters, pending."""
+    files = zone_files(0, 0 if with_dram else None)
+    files[('', META_FILE)] = meta_file(
+        meta_document(uuid, None, None, None, None, None))
+    return files

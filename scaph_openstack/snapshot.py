@@ -1,0 +1,141 @@
+"""The snapshot: the only host-side interface between agent and readers.
+
+A versioned JSON document written atomically after every tick (publisher
+``snapshot``), read by the Ceilometer pollsters and ``scaph-openstack
+status``. Readers import this module only, never the agent. Schema
+version 1 is documented in doc/snapshot.md; additions keep the version,
+removals or changes of meaning bump it.
+"""
+
+import dataclasses
+import json
+import time
+
+from scaph_openstack import fileutil
+from scaph_openstack import ledger as ledger_mod
+
+FORMAT = 'scaph-openstack.snapshot'
+VERSION = 1
+
+
+class SnapshotError(Exception):
+    pass
+
+
+class SnapshotMissing(SnapshotError):
+    pass
+
+
+class SnapshotInvalid(SnapshotError):
+    pass
+
+
+class SnapshotStale(SnapshotError):
+    def __init__(self, message, age_s):
+        super().__init__(message)
+        self.age_s = age_s
+
+
+def _instance_doc(record):
+    doc = record.identity.as_dict()
+    doc.update(
+        running=record.running,
+        energy_uj=dict(sorted(record.energy_uj.items())),
+        package_uj=record.kind_total('package'),
+        dram_uj=record.kind_total('dram'),
+        total_uj=record.total_uj,
+        power_w=round(record.power_w, 6),
+        first_seen=record.first_seen,
+        last_seen=record.last_seen)
+    return doc
+
+
+def _host_totals(zones):
+    additive = [z for z in zones if z.kind in ledger_mod.ADDITIVE_KINDS]
+    measured = sum(z.measured_uj for z in additive)
+    residual = sum(z.residual_uj for z in additive)
+    idle = sum(z.unallocated_idle_uj for z in additive)
+    return {'energy_uj': measured,
+            'attributed_uj': measured - residual - idle,
+            'residual_uj': residual,
+            'unallocated_idle_uj': idle,
+            'power_w': round(sum(z.power_w for z in additive), 6)}
+
+
+def build(report):
+    """The snapshot document for one TickReport."""
+    zones = list(report.ledger.zones.values())
+    return {
+        'format': FORMAT,
+        'version': VERSION,
+        'host': report.host,
+        'time': report.time,
+        'interval_s': report.interval_s,
+        'configured_interval_s': report.configured_interval_s,
+        'stale_after_s': report.stale_after_s,
+        'source': report.source,
+        'model': report.model,
+        'idle_policy': report.idle_policy,
+        'zones': [dict(dataclasses.asdict(z), power_w=round(z.power_w, 6))
+                  for z in zones],
+        'host_totals': _host_totals(zones),
+        'instances': [_instance_doc(r)
+                      for r in report.ledger.instances.values()],
+    }
+
+
+def write(path, document):
+    data = json.dumps(document, separators=(',', ':')).encode()
+    # Readable by the ceilometer user; not exported to any guest.
+    fileutil.replace_file(path, data, mode=0o644, fsync=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    document: dict
+
+    def __getattr__(self, key):
+        try:
+            return self.document[key]
+        except KeyError:
+            raise AttributeError(key)
+
+    @property
+    def running_instances(self):
+        return [i for i in self.document['instances'] if i['running']]
+
+    def age(self, now=None):
+        return (time.time() if now is None else now) - self.document['time']
+
+
+def _validate(doc, path):
+    if not isinstance(doc, dict) or doc.get('format') != FORMAT:
+        raise SnapshotInvalid('%s is not a scaph-openstack snapshot' % path)
+    if doc.get('version') != VERSION:
+        raise SnapshotInvalid('%s has schema version %r, this reader knows '
+                              '%d' % (path, doc.get('version'), VERSION))
+    for key in ('time', 'stale_after_s', 'instances', 'zones', 'source'):
+        if key not in doc:
+            raise SnapshotInvalid('%s lacks %r' % (path, key))
+
+
+def read(path, now=None, check_stale=True):
+    """The current Snapshot. Raises SnapshotMissing, SnapshotInvalid, or
+    SnapshotStale when the agent has not written it for ``stale_after_s``
+    (a stopped agent's last values must never look current)."""
+    try:
+        with open(path, 'rb') as f:
+            doc = json.loads(f.read())
+    except FileNotFoundError:
+        raise SnapshotMissing('no snapshot at %s: is scaph-openstack-agent '
+                              'running?' % path)
+    except (OSError, ValueError) as exc:
+        raise SnapshotInvalid('cannot read snapshot %s: %s' % (path, exc))
+    _validate(doc, path)
+    snap = Snapshot(doc)
+    age = snap.age(now)
+    if check_stale and age > doc['stale_after_s']:
+        raise SnapshotStale('snapshot %s is %.1fs old (stale after %.1fs): '
+                            'the agent is not updating it'
+                            % (path, age, doc['stale_after_s']), age)
+    return snap
