@@ -27,8 +27,8 @@ def print_table(rows, header, out):
     rows = [header] + [tuple(str(c) for c in r) for r in rows]
     widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
     for row in rows:
-        out.write('  '.join(c.ljust(w) for c, w in zip(row, widths))
-                  .rstrip() + '\n')
+        cells = (c.ljust(w) for c, w in zip(row, widths, strict=True))
+        out.write('  '.join(cells).rstrip() + '\n')
 
 
 def cmd_status(args, out=sys.stdout):

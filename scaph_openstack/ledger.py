@@ -20,7 +20,7 @@ VERSION = 1
 ADDITIVE_KINDS = ('package', 'dram')
 
 
-class LedgerError(Exception):
+class LedgerError(ValueError):
     pass
 
 

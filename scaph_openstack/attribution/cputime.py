@@ -20,6 +20,7 @@ which only moves energy from "dynamic" to "idle", never creates any.
 """
 
 import collections
+import math
 
 from scaph_openstack.attribution import base
 
@@ -67,6 +68,14 @@ class CpuTimeAttribution(base.Attribution):
             zone.name, SlidingMinimum(self.learning_window))
         return minimum.add(now, zone.delta_uj / interval_s / 1e6)
 
+    def _idle_uj(self, zone, delta, interval_s, now):
+        budget = self.idle_watts(zone, interval_s, now) * interval_s * 1e6
+        if math.isnan(budget) or budget <= 0:
+            return 0
+        # Compared as floats first: a learned power over a tiny interval
+        # can be huge (or infinite) and must not overflow int().
+        return delta if budget >= delta else int(budget)
+
     def _idle_weights(self, usage, host_cpus, cpu_weights, cpu_denominator):
         if self.idle_policy == 'vcpus':
             weights = {u.uuid: u.vcpus for u in usage}
@@ -91,9 +100,7 @@ class CpuTimeAttribution(base.Attribution):
     def _split_zone(self, zone, interval_s, now, cpu_weights,
                     cpu_denominator, idle_weights, idle_denominator):
         delta = max(zone.delta_uj, 0)
-        idle_budget = int(self.idle_watts(zone, interval_s, now)
-                          * interval_s * 1e6)
-        idle = min(delta, max(idle_budget, 0))
+        idle = self._idle_uj(zone, delta, interval_s, now)
         dynamic = delta - idle
         dynamic_shares = base.proportional(dynamic, cpu_weights,
                                            cpu_denominator)

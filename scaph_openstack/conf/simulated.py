@@ -1,6 +1,7 @@
 from oslo_config import cfg
 
-GROUP = cfg.OptGroup('simulated', title='Simulated energy (hosts without RAPL)',
+GROUP = cfg.OptGroup('simulated',
+                     title='Simulated energy (hosts without RAPL)',
                      help='Linear model: P = idle + (max - idle) x host CPU '
                           'utilisation, per socket. Outputs say '
                           'source=simulated.')

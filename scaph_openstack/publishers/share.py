@@ -40,7 +40,7 @@ class SharePublisher(base.Publisher):
         self._last_write = {}    # uuid -> monotonic time
         self._last_values = {}   # uuid -> (package, dram) written
         self._last_scan = None
-        self._bad_names = set()
+        self._failing = set()
 
     @classmethod
     def from_conf(cls, conf):
@@ -85,17 +85,25 @@ class SharePublisher(base.Publisher):
             try:
                 self.tree.write_instance(
                     uuid, self._files(uuid, record, report, with_dram))
-            except layout.LayoutError as exc:
-                if uuid not in self._bad_names:
-                    LOG.warning('No share for instance: %s', exc)
-                    self._bad_names.add(uuid)
+            except (layout.LayoutError, OSError) as exc:
+                # One broken tree (a full tmpfs, something planted in it)
+                # must not stop the other instances' updates.
+                self._last_values.pop(uuid, None)
+                if uuid not in self._failing:
+                    LOG.warning('Cannot update the share of %s: %s',
+                                uuid, exc)
+                    self._failing.add(uuid)
                 continue
+            if uuid in self._failing:
+                LOG.info('Share of %s updated again', uuid)
+                self._failing.discard(uuid)
             self._last_write[uuid] = now
         for uuid in report.expired:
             self._forget(uuid)
         self._remove_orphans(report, now)
 
     def _forget(self, uuid):
+        self._failing.discard(uuid)
         self._last_write.pop(uuid, None)
         self._last_values.pop(uuid, None)
         try:

@@ -124,12 +124,15 @@ def virsh_answers(uri=DEFAULT_URI, timeout=10):
 
 
 def _ensure_account():
-    """Create user libvirt-qemu and group kvm if missing (libvirtd needs
-    them to load the QEMU driver even when qemu.conf says root)."""
-    res = subprocess.run(['getent', 'group', 'kvm'], capture_output=True)
-    if res.returncode != 0:
-        subprocess.run(['groupadd', '--system', 'kvm'], check=True,
-                       capture_output=True)
+    """Create user libvirt-qemu and groups kvm and libvirt-qemu if missing:
+    libvirtd resolves its built-in default user and group before reading
+    qemu.conf and refuses to load the QEMU driver without them ("Failed to
+    parse user/group 'libvirt-qemu'"), even when qemu.conf says root."""
+    for group in ('kvm', 'libvirt-qemu'):
+        res = subprocess.run(['getent', 'group', group], capture_output=True)
+        if res.returncode != 0:
+            subprocess.run(['groupadd', '--system', group], check=True,
+                           capture_output=True)
     res = subprocess.run(['getent', 'passwd', 'libvirt-qemu'],
                          capture_output=True)
     if res.returncode != 0:
@@ -233,11 +236,22 @@ class _Lock:
         self._f.close()
 
 
-def _wait_answering(uri, timeout):
+def _wait_answering(uri, timeout, systemd=False):
     deadline = time.monotonic() + timeout
+    gone_since = None
+    why = 'did not answer on %s within %ss' % (uri, timeout)
     while time.monotonic() < deadline:
-        if virsh_answers(uri, timeout=max(1, min(10, deadline - time.monotonic()))):
+        left = deadline - time.monotonic()
+        if virsh_answers(uri, timeout=max(1, min(10, left))):
             return
+        if not systemd and libvirtd_pid() is None:
+            # libvirtd -d forks: give it a moment, then it has died.
+            gone_since = gone_since or time.monotonic()
+            if time.monotonic() - gone_since > 3:
+                why = 'exited without answering on %s' % uri
+                break
+        else:
+            gone_since = None
         time.sleep(0.3)
     tail = ''
     try:
@@ -245,8 +259,8 @@ def _wait_answering(uri, timeout):
             tail = ''.join(f.readlines()[-20:])
     except OSError:
         pass
-    raise LibvirtdError('libvirtd did not answer on %s within %ss%s' % (
-        uri, timeout, ('; last lines of %s:\n%s' % (LIBVIRTD_LOG, tail))
+    raise LibvirtdError('libvirtd %s%s' % (
+        why, ('; last lines of %s:\n%s' % (LIBVIRTD_LOG, tail))
         if tail else ''))
 
 
@@ -297,7 +311,7 @@ def ensure_libvirtd(uri=DEFAULT_URI, timeout=60):
                 _restart_locked(uri, timeout)
             return
         _start_daemons()
-        _wait_answering(uri, timeout)
+        _wait_answering(uri, timeout, _systemd_manages())
 
 
 def _stop_locked(timeout):
@@ -332,7 +346,7 @@ def _stop_locked(timeout):
 def _restart_locked(uri, timeout):
     _stop_locked(timeout)
     _start_daemons()
-    _wait_answering(uri, timeout)
+    _wait_answering(uri, timeout, _systemd_manages())
 
 
 def stop_libvirtd(timeout=30):
