@@ -8,6 +8,12 @@ import time
 
 from scaph_openstack import snapshot
 
+DOMAIN_MESSAGE = {
+    True: 'takes effect at the next start of the domain (a running domain '
+          'keeps its current devices until then)',
+    False: 'nothing to change',
+}
+
 DEFAULT_SNAPSHOT = '/run/scaph-openstack/snapshot.json'
 
 
@@ -62,6 +68,85 @@ def cmd_status(args, out=sys.stdout):
     return 0
 
 
+def _load_conf(args):
+    from scaph_openstack import conf
+    argv = ['--config-file', args.config_file] if args.config_file else []
+    conf.CONF(argv, project='scaph-openstack', default_config_files=[])
+    from scaph_openstack import privsep
+    privsep.start_if_root()
+    return conf.CONF
+
+
+def _domain(args, conf):
+    import libvirt
+    connection = libvirt.open(args.uri or conf.libvirt.connection_uri)
+    try:
+        return connection, connection.lookupByName(args.domain)
+    except libvirt.libvirtError:
+        connection.close()
+        raise
+
+
+def cmd_attach(args, out=sys.stdout):
+    """What the Nova hook does, for one plain libvirt domain."""
+    import libvirt
+    from scaph_openstack.privsep import mounts
+    from scaph_openstack.share import domain_xml
+    from scaph_openstack.share import layout
+    conf = _load_conf(args)
+    connection, domain = _domain(args, conf)
+    try:
+        xml = domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        uuid = domain_xml.domain_uuid(xml)
+        source = '%s/%s' % (conf.share.export_dir.rstrip('/'),
+                            layout.instance_dir_name(uuid))
+        mounts.create_instance_share(conf.share.work_dir, uuid)
+        new_xml, changed = domain_xml.attach(xml, source, conf.share.tag,
+                                             conf.share.virtiofsd_path)
+        if changed:
+            connection.defineXML(new_xml)
+    finally:
+        connection.close()
+    out.write('%s: share %s attached as tag %r; %s\n' % (
+        args.domain, source, conf.share.tag, DOMAIN_MESSAGE[changed]))
+    out.write('in the guest: mount -t virtiofs -o ro %s %s\n'
+              % (conf.share.tag, layout.GUEST_MOUNTPOINT))
+    return 0
+
+
+def cmd_detach(args, out=sys.stdout):
+    import libvirt
+    from scaph_openstack.share import domain_xml
+    conf = _load_conf(args)
+    connection, domain = _domain(args, conf)
+    try:
+        new_xml, changed = domain_xml.detach(
+            domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), conf.share.tag)
+        if changed:
+            connection.defineXML(new_xml)
+    finally:
+        connection.close()
+    out.write('%s: share detached; %s\n' % (args.domain,
+                                             DOMAIN_MESSAGE[changed]))
+    return 0
+
+
+def cmd_proxmox_args(args, out=sys.stdout):
+    from scaph_openstack import proxmox
+    conf = _load_conf(args)
+    try:
+        line = proxmox.args_line(args.vmid, conf.share.export_dir,
+                                 conf.share.tag)
+    except ValueError as exc:
+        sys.stderr.write('scaph-openstack: %s\n' % exc)
+        return 2
+    out.write('# append to /etc/pve/qemu-server/%s.conf, then stop and '
+              'start the VM:\n%s\n' % (args.vmid, line))
+    out.write('# in the guest:\n%s\n' % proxmox.guest_mount_command(
+        conf.share.tag))
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog='scaph-openstack')
     sub = parser.add_subparsers(dest='command', required=True)
@@ -70,6 +155,20 @@ def build_parser():
     status.add_argument('--json', action='store_true')
     status.add_argument('--snapshot', default=DEFAULT_SNAPSHOT)
     status.set_defaults(func=cmd_status)
+    for name, func, text in (
+            ('attach', cmd_attach, 'add the share to a libvirt domain'),
+            ('detach', cmd_detach, 'remove the share from a domain')):
+        command = sub.add_parser(name, help=text)
+        command.add_argument('domain')
+        command.add_argument('--uri', help='libvirt URI (default: '
+                                           '[libvirt] connection_uri)')
+        command.add_argument('--config-file')
+        command.set_defaults(func=func)
+    pve = sub.add_parser('proxmox-args', help='the args: line exporting a '
+                                              'Proxmox VM share')
+    pve.add_argument('vmid')
+    pve.add_argument('--config-file')
+    pve.set_defaults(func=cmd_proxmox_args)
     return parser
 
 

@@ -12,7 +12,6 @@ from oslo_service import backend
 
 backend.init_backend(backend.BackendType.THREADING)
 
-from oslo_privsep import priv_context  # noqa: E402
 from oslo_service import loopingcall  # noqa: E402
 from oslo_service import service  # noqa: E402
 
@@ -51,13 +50,6 @@ def build_ticker(conf):
         proc_stat_path=conf.agent.proc_stat_path)
 
 
-def start_privsep():
-    # Already root (the systemd unit): fork the privileged daemon rather
-    # than going through sudo/rootwrap, which a root process does not need.
-    if os.geteuid() == 0:
-        privsep.sys_admin.start(priv_context.Method.FORK)
-
-
 class AgentService(service.Service):
 
     def __init__(self, conf):
@@ -68,7 +60,7 @@ class AgentService(service.Service):
 
     def start(self):
         super().start()
-        start_privsep()
+        privsep.start_if_root()
         self.ticker = build_ticker(self.conf)
         LOG.info('Agent ticking every %.1fs: energy=%s inventory=%s '
                  'publishers=%s', self.conf.agent.interval,

@@ -14,6 +14,12 @@ OPTS = [
                      'units do it.'),
     cfg.StrOpt('tmpfs_size', default='64m',
                help='Size limit of the tmpfs (about 2 KiB per instance).'),
+    cfg.StrOpt('tag', default='scaphandre',
+               help='virtiofs (or 9p) tag the guest mounts; used by '
+                    '"scaph-openstack attach" and "proxmox-args".'),
+    cfg.StrOpt('virtiofsd_path',
+               help='virtiofsd binary libvirt should run for the share '
+                    '(<binary path=...>). Unset: libvirt finds it itself.'),
     cfg.FloatOpt('min_interval', default=10.0, min=0,
                  help='Seconds between two updates a guest can see. '
                       'Slower updates blunt the PLATYPUS-style side channel '
