@@ -29,8 +29,8 @@ class LibvirtInventory(base.Inventory):
 
     name = 'libvirt'
 
-    def __init__(self, uri='qemu:///system', reconnect_min=1.0,
-                 reconnect_max=60.0, clock=time.monotonic):
+    def __init__(self, uri='qemu:///system', reconnect_min=0.5,
+                 reconnect_max=4.0, clock=time.monotonic):
         _silence_libvirt_stderr()
         self.uri = uri
         self.reconnect_min = reconnect_min
