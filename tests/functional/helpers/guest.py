@@ -27,13 +27,15 @@ DEFAULT_TAG = 'scaphandre'
 DEFAULT_KERNEL_ARGS = 'loglevel=4'
 NOVA_NS_PREFIX = 'http://openstack.org/xmlns/libvirt/nova/'
 # Written in <description> so orphans of dead test processes can be reaped.
-_OWNER_RE = re.compile(r'scaph-test owner pid=(\d+) start=(\d+)')
+_OWNER_RE = re.compile(r'scaph-test owner pid=(\d+) start=(\d+) ns=([^\s<]+)')
 
 _MARKER_RE = re.compile(r'SCAPH-([A-Z]+)(?: (.*))?$')
 _READ_RE = re.compile(r'SCAPH-READ (\d+(?:\.\d+)?)((?: [^ =]+=\S*)*)')
 _PROBE_RE = re.compile(r'SCAPH-PROBE (\S+) rc=(\d+)')
 _WALK_RE = re.compile(r'SCAPH-WALK ([^:]+): ?(.*)$')
 _JSON_RE = re.compile(r'SCAPH-JSON ([^:]+): ?(.*)$')
+_SERIAL_LOG_RE = re.compile(
+    r"""<source path=['"]([^'"]*/scaph-test-log-[^'"]*)""")
 
 
 class GuestError(RuntimeError):
@@ -303,23 +305,37 @@ def _proc_start_time(pid):
         return None
 
 
+def _pid_namespace():
+    try:
+        return os.readlink('/proc/self/ns/pid').replace(' ', '')
+    except OSError:
+        return 'unknown'
+
+
 def _owner_tag():
     pid = os.getpid()
-    return 'scaph-test owner pid=%d start=%s' % (pid, _proc_start_time(pid))
+    return 'scaph-test owner pid=%d start=%s ns=%s' % (
+        pid, _proc_start_time(pid), _pid_namespace())
 
 
-def _owner_alive(description):
+def _owner_dead(description):
+    """True only when ``description`` carries our owner tag, written in
+    this PID namespace, and that process is gone. Domains without the tag
+    (made by other code) are never judged dead."""
     m = _OWNER_RE.search(description or '')
-    if not m:
+    if not m or m.group(3) != _pid_namespace():
         return False
     pid, start = int(m.group(1)), int(m.group(2))
-    return _proc_start_time(pid) == start
+    return _proc_start_time(pid) != start
 
 
 def reap_orphans(uri=libvirtd.DEFAULT_URI):
-    """Destroy and undefine ``scaph-test-`` domains whose test process is
-    gone (killed before its clean-up ran). Domains of live processes, of
-    concurrent runs, are left alone. Returns the names removed."""
+    """Destroy and undefine the domains a Guest started whose test process
+    is gone (killed before its clean-up ran), and remove their serial logs.
+    Only domains carrying Guest's owner tag in <description> are looked at:
+    those of live processes (concurrent runs) and any domain made by other
+    code, even named ``scaph-test-``, are left alone. Returns the names
+    removed."""
     import libvirt
     removed = []
     conn = libvirt.open(uri)
@@ -329,13 +345,17 @@ def reap_orphans(uri=libvirtd.DEFAULT_URI):
             if not name.startswith(NAME_PREFIX):
                 continue
             try:
-                desc = dom.metadata(libvirt.VIR_DOMAIN_METADATA_DESCRIPTION,
-                                    None)
+                desc = dom.XMLDesc(0)
             except libvirt.libvirtError:
-                desc = ''
-            if _owner_alive(desc):
                 continue
+            if not _owner_dead(desc):
+                continue
+            logs = _SERIAL_LOG_RE.findall(desc)
             _destroy_undefine(dom)
+            for log in logs:
+                log_dir = os.path.dirname(log)
+                if os.path.basename(log_dir).startswith('scaph-test-log-'):
+                    shutil.rmtree(log_dir, ignore_errors=True)
             removed.append(name)
     finally:
         conn.close()
@@ -384,8 +404,9 @@ class Guest:
     def __init__(self, share_dir=None, cmdline_params=None, name=None,
                  uuid=None, label='', uri=libvirtd.DEFAULT_URI,
                  flavour='cloud', log_dir=None, persistent=True,
-                 **xml_kwargs):
+                 before_create=None, **xml_kwargs):
         self.uri = uri
+        self.before_create = before_create
         self.name = name or unique_name(label)
         self.uuid = str(uuid or uuidlib.uuid4())
         self.share_dir = share_dir
@@ -402,8 +423,8 @@ class Guest:
         self.cmdline_params = params
         self.xml_kwargs = xml_kwargs
         self._own_log_dir = log_dir is None
-        self.log_dir = log_dir or tempfile.mkdtemp(prefix='scaph-test-log-')
-        self.serial_log = os.path.join(self.log_dir, self.name + '.serial.log')
+        self.log_dir = log_dir      # a temporary one is made by start()
+        self.serial_log = None
         self.xml = None
         self._conn = None
         self.dom = None
@@ -411,12 +432,13 @@ class Guest:
     # -- lifecycle ---------------------------------------------------------
 
     def conn(self):
-        """An open libvirt connection (reopened after a libvirtd restart)."""
+        """An open libvirt connection, reopened when the old one broke
+        (after a libvirtd restart, for example)."""
         import libvirt
         if self._conn is not None:
             try:
-                if self._conn.isAlive():
-                    return self._conn
+                self._conn.getLibVersion()
+                return self._conn
             except libvirt.libvirtError:
                 pass
             try:
@@ -434,6 +456,10 @@ class Guest:
 
     def start(self):
         kernel, initrd = build_image(self.flavour)
+        if self.log_dir is None:
+            self.log_dir = tempfile.mkdtemp(prefix='scaph-test-log-')
+        self.serial_log = os.path.join(self.log_dir,
+                                       self.name + '.serial.log')
         try:
             reap_orphans(self.uri)
         except Exception:  # noqa: BLE001 - reaping is best effort
@@ -447,6 +473,10 @@ class Guest:
         try:
             if self.persistent:
                 self.dom = conn.defineXML(self.xml)
+                if self.before_create is not None:
+                    # e.g. "scaph-openstack attach" redefining the domain
+                    self.before_create(self)
+                self.dom = self.domain()
                 self.dom.create()
             else:
                 self.dom = conn.createXML(self.xml, 0)
@@ -466,13 +496,22 @@ class Guest:
             pass
 
     def cleanup(self):
-        """Destroy and undefine the domain, remove the serial log."""
+        """Destroy and undefine the domain, remove the serial log.
+
+        If libvirtd is down (a test stopped it), it is started again first:
+        the domain must not outlive the test."""
         import libvirt
         try:
             try:
                 dom = self.domain()
-            except libvirt.libvirtError:
+            except libvirt.libvirtError as exc:
                 dom = None
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    libvirtd.ensure_libvirtd(self.uri)
+                    try:
+                        dom = self.domain()
+                    except libvirt.libvirtError:
+                        dom = None
             if dom is not None:
                 _destroy_undefine(dom)
         finally:
@@ -483,12 +522,12 @@ class Guest:
                 except libvirt.libvirtError:
                     pass
                 self._conn = None
-            if not os.environ.get('SCAPH_TEST_KEEP_LOGS'):
+            if self.serial_log and not os.environ.get('SCAPH_TEST_KEEP_LOGS'):
                 try:
                     os.unlink(self.serial_log)
                 except FileNotFoundError:
                     pass
-                if self._own_log_dir:
+                if self._own_log_dir and self.log_dir:
                     shutil.rmtree(self.log_dir, ignore_errors=True)
 
     def __enter__(self):
@@ -499,16 +538,22 @@ class Guest:
         return False
 
     def is_active(self):
+        """True if running, False if stopped or gone, None when libvirtd
+        cannot be asked (down or restarting)."""
         import libvirt
         try:
             return bool(self.domain().isActive())
-        except libvirt.libvirtError:
-            return False
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return False
+            return None
 
     # -- serial log ----------------------------------------------------------
 
     def serial(self):
         """The serial log so far, as text (CRs dropped)."""
+        if not self.serial_log:
+            return ''
         try:
             with open(self.serial_log, 'rb') as f:
                 data = f.read()
@@ -555,7 +600,7 @@ class Guest:
                                         self.tail()))
             if now >= next_check:
                 next_check = now + 2
-                if not self.is_active():
+                if self.is_active() is False:
                     raise GuestError(
                         'guest %s stopped before a line matched %r; serial '
                         'log ends with:\n%s' % (self.name, pattern.pattern,
@@ -591,7 +636,7 @@ class Guest:
                 raise TimeoutError(
                     'guest %s: no matching SCAPH-READ within %ss; serial log '
                     'ends with:\n%s' % (self.name, timeout, self.tail()))
-            if not self.is_active():
+            if self.is_active() is False:
                 raise GuestError('guest %s stopped; serial log ends with:\n%s'
                                  % (self.name, self.tail()))
             time.sleep(0.3)

@@ -1,0 +1,140 @@
+"""End to end: a real guest reads its own energy from its share.
+
+The real agent (fixture RAPL, real libvirtd inventory, share publisher on
+a real tmpfs with its read-only view, mounted through privsep), the real
+`scaph-openstack attach` command editing the domain the way the Nova hook
+does, and a software-emulated guest that mounts the share with the mount
+options of the cloud-init snippet we ship, then reads energy_uj every
+second and tries to write, link, create and walk out.
+"""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import yaml
+
+from scaph_openstack.privsep import mounts
+from scaph_openstack.share import layout
+from scaph_openstack.share import tree
+from tests.functional import helpers
+from tests.functional.helpers import agent as agent_helper
+from tests.functional.helpers import guest as guest_helper
+from tests.functional.helpers import libvirtd
+from tests.functional.helpers import rapl
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+CLOUD_INIT = os.path.join(ROOT, 'etc', 'cloud-init', 'scaphandre-share.yaml')
+OTHER = '0ther000-0000-4000-8000-000000000000'
+WRITE_PROBES = ('write-existing', 'append', 'truncate', 'chmod', 'create',
+                'mkdir', 'symlink', 'hardlink', 'mkfifo', 'rename', 'fill',
+                'rm', 'write-after-remount', 'create-after-remount')
+
+
+def cloud_init_mount():
+    """(tag, mount point, fstype, options) of the snippet tenants use."""
+    with open(CLOUD_INIT) as f:
+        entry = yaml.safe_load(f)['mounts'][0]
+    return entry[0], entry[1], entry[2], entry[3]
+
+
+class SnapshotWatcher(threading.Thread):
+    """Every package_uj value the host ledger published for one instance."""
+
+    def __init__(self, agent, uuid):
+        super().__init__(daemon=True)
+        self.agent, self.uuid = agent, uuid
+        self.values = {0}              # the initial files say 0
+        self.stop = threading.Event()
+
+    def run(self):
+        while not self.stop.wait(0.02):
+            snap = self.agent.read_snapshot(check_stale=False)
+            for item in (snap.instances if snap else ()):
+                if item['uuid'] == self.uuid:
+                    self.values.add(item['package_uj'])
+
+
+@pytest.fixture
+def agent_with_share(tmp_path):
+    helpers.require(os.geteuid() == 0, 'needs root: mounts and libvirtd')
+    helpers.require(libvirtd.can_run_guests(),
+                    'cannot run guests: %s' % libvirtd.unavailable_reason())
+    libvirtd.ensure_libvirtd()
+    work, export = str(tmp_path / 'work'), str(tmp_path / 'export')
+    sections = {
+        'agent': {'interval': 0.5, 'publishers': 'snapshot,share'},
+        'energy': {'source': 'rapl', 'use_privsep': False,
+                   'powercap_path': str(tmp_path / 'powercap')},
+        'share': {'work_dir': work, 'export_dir': export,
+                  'manage_mounts': True, 'tmpfs_size': '4m',
+                  'min_interval': 0, 'resolution_uj': 1},
+    }
+    try:
+        with rapl.MovingRapl(tmp_path / 'powercap'), \
+                agent_helper.Agent(tmp_path, sections) as agent:
+            agent.wait_for_snapshot(timeout=60)
+            yield agent, work, export
+    finally:
+        for path in (export, work):
+            subprocess.run(['umount', path], capture_output=True)
+
+
+def attach_with_cli(config_path):
+    def attach(guest):
+        result = subprocess.run(
+            [sys.executable, '-m', 'scaph_openstack.cli', 'attach',
+             guest.name, '--uri', 'qemu:///system', '--config-file',
+             config_path], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert 'takes effect at the next start' in result.stdout
+    return attach
+
+
+def test_guest_reads_its_energy_and_cannot_touch_the_share(
+        agent_with_share):
+    agent, work, export = agent_with_share
+    tag, mountpoint, fstype, options = cloud_init_mount()
+    assert mounts._mountinfo()[export][1].split(',')[0] == 'ro'
+    tree.ShareTree(work).write_instance(OTHER, layout.initial_files(OTHER))
+    guest = guest_helper.Guest(
+        label='share', before_create=attach_with_cli(agent.config_path),
+        cmdline_params={'tag': tag, 'mnt': mountpoint, 'fstype': fstype,
+                        'opts': options, 'probes': 1, 'period': 1})
+    watcher = SnapshotWatcher(agent, guest.uuid)
+    watcher.start()
+    try:
+        with guest:
+            xml = guest.domain().XMLDesc(0)
+            assert "type='virtiofs'" in xml and 'memfd' in xml
+            assert os.path.join(export, guest.uuid) in xml
+            guest.wait_for(r'SCAPH-MOUNT ok', timeout=120)
+            guest.wait_probes(timeout=120)
+            first = guest.line_count()
+            reads = guest.wait_for_read(
+                lambda r: len([x for x in guest.reads()
+                               if x.line_no > first]) >= 5
+                and r.int() > 0, timeout=120)
+            values = [r.int() for r in guest.reads()]
+            probes, walks = guest.probes(), guest.walks()
+            listing = ' '.join(' '.join(entries)
+                               for entries in guest.listings())
+    finally:
+        watcher.stop.set()
+        watcher.join(5)
+    assert reads
+    assert values == sorted(values) and values[-1] > values[0]
+    unknown = [v for v in values if v not in watcher.values]
+    assert not unknown, ('guest read values the host never published: %s'
+                         % unknown)
+    for name in WRITE_PROBES:
+        assert probes[name] != 0, '%s succeeded inside the guest' % name
+    assert OTHER not in ' '.join(walks.values()) + listing
+    assert 'intel-rapl:0/' in listing
+    # nothing the guest tried reached the host tree
+    assert sorted(os.listdir(os.path.join(work, guest.uuid))) == \
+        sorted([layout.PACKAGE_DIR, layout.DRAM_DIR, layout.META_FILE])
