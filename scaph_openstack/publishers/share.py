@@ -80,7 +80,11 @@ class SharePublisher(base.Publisher):
         now = self.clock()
         with_dram = report.ledger.has_kind('dram')
         for uuid, record in report.ledger.instances.items():
-            if not (record.running and self._due(uuid, now)):
+            # Stopped instances are written once per agent lifetime: after
+            # a host reboot the tmpfs is empty, and a guest whose share
+            # directory is missing cannot start (virtiofsd refuses it).
+            if not self._due(uuid, now) or \
+                    (not record.running and uuid in self._last_write):
                 continue
             try:
                 self.tree.write_instance(

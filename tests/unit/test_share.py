@@ -188,3 +188,21 @@ def test_expired_and_orphan_directories_are_removed(tmp_path):
     del ledger.instances[UUID]
     pub.publish(expired)
     assert os.listdir(tmp_path) == ['starting']
+
+
+def test_stopped_instances_get_their_tree_back_after_a_host_reboot(
+        tmp_path):
+    """The tmpfs is empty after a reboot: the agent rewrites the trees of
+    every instance it knows, with their ledger values, so their guests can
+    start (virtiofsd needs the directory) and their counters continue."""
+    ledger = make_ledger(4242)
+    ledger.instances[UUID].running = False
+    pub, clock = publisher(tmp_path, min_interval=0, resolution_uj=1)
+    pub.publish(make_report(ledger))
+    path = tmp_path / UUID / 'intel-rapl:0' / 'energy_uj'
+    assert path.read_text() == '4242\n'
+    os.chmod(path.parent, 0o755)
+    os.unlink(path)
+    clock.now += 100
+    pub.publish(make_report(ledger))       # once per lifetime, not again
+    assert not path.exists()

@@ -1,0 +1,310 @@
+# shellcheck shell=bash
+#
+# scaph-openstack devstack plugin.
+#
+#   [[local|localrc]]
+#   enable_plugin ceilometer https://opendev.org/openstack/ceilometer
+#   enable_plugin scaph-openstack <this repository>
+#
+# devstack sources settings, then this file once per phase:
+#
+#   stack pre-install   virtiofsd, when no binary is there yet
+#   stack install       setup_develop of this repository
+#   stack post-config   the agent's configuration, then the agent itself
+#                       (before nova-compute starts, so the share tmpfs is
+#                       there before any domain); nova-cpu.conf
+#                       (compute_driver = scaphandre.LibvirtDriver and
+#                       [scaphandre]), the shim linked into Nova's tree,
+#                       the rootwrap filter; Ceilometer's polling.yaml
+#                       and [scaphandre] snapshot_path
+#   stack extra         Ceilometer again (see below)
+#   stack test-config   nothing: no tempest plugin
+#   unstack             stop the agent, unmount the shares, undo the Nova
+#                       and Ceilometer changes
+#   clean               remove configuration, ledger and share directories
+#
+# The Ceilometer changes are applied at post-config and again at extra:
+# whichever order the two plugins are enabled in, ceilometer-acompute
+# (started at ceilometer's own extra phase) reads our meters.
+
+XTRACE_SCAPH=$(set +o | grep xtrace)
+set +o xtrace
+
+SCAPH_NOVA_DRIVER=scaphandre.LibvirtDriver
+SCAPH_NOVA_DEFAULT_DRIVER=libvirt.LibvirtDriver
+SCAPH_ROOTWRAP_FILTER=scaph-openstack.filters
+
+# The directory of the shim package (nova/virt/scaphandre/__init__.py).
+function _scaph_nova_shim_dir {
+    if [[ ! -f "$SCAPH_OPENSTACK_NOVA_SHIM_DIR/__init__.py" ]]; then
+        die $LINENO "the Nova shim package is not in" \
+            "$SCAPH_OPENSTACK_NOVA_SHIM_DIR (SCAPH_OPENSTACK_NOVA_SHIM_DIR)"
+    fi
+    echo "$SCAPH_OPENSTACK_NOVA_SHIM_DIR"
+}
+
+function _scaph_nova_shim_link {
+    echo "$NOVA_DIR/nova/virt/scaphandre"
+}
+
+# virtiofsd ---------------------------------------------------------------
+
+function scaph_install_virtiofsd {
+    local path
+    for path in $SCAPH_OPENSTACK_VIRTIOFSD_PATHS; do
+        if [[ -x "$path" ]]; then
+            echo "scaph-openstack: using virtiofsd $path"
+            return
+        fi
+    done
+    install_package virtiofsd
+}
+
+# The agent ---------------------------------------------------------------
+
+function scaph_configure_agent {
+    local conf=$SCAPH_OPENSTACK_CONF
+    sudo install -d -o root -g root -m 0755 "$SCAPH_OPENSTACK_CONF_DIR"
+    sudo install -d -o root -g root -m 0755 "$SCAPH_OPENSTACK_STATE_DIR"
+    # A fresh file on every stack.sh, from the commented example.
+    sudo install -o root -g root -m 0644 \
+        "$SCAPH_OPENSTACK_DIR/etc/scaph-openstack/scaph-openstack.conf.example" \
+        "$conf"
+    iniset -sudo "$conf" DEFAULT debug "$ENABLE_DEBUG_LOG_LEVEL"
+    iniset -sudo "$conf" agent interval "$SCAPH_OPENSTACK_INTERVAL"
+    iniset -sudo "$conf" agent state_dir "$SCAPH_OPENSTACK_STATE_DIR"
+    iniset -sudo "$conf" agent inventory libvirt
+    iniset -sudo "$conf" agent publishers "$SCAPH_OPENSTACK_PUBLISHERS"
+    iniset -sudo "$conf" energy source "$SCAPH_OPENSTACK_ENERGY_SOURCE"
+    iniset -sudo "$conf" libvirt connection_uri qemu:///system
+    iniset -sudo "$conf" snapshot path "$SCAPH_OPENSTACK_SNAPSHOT_PATH"
+    iniset -sudo "$conf" share work_dir "$SCAPH_OPENSTACK_WORK_DIR"
+    iniset -sudo "$conf" share export_dir "$SCAPH_OPENSTACK_EXPORT_DIR"
+    iniset -sudo "$conf" share tag "$SCAPH_OPENSTACK_TAG"
+    iniset -sudo "$conf" share manage_mounts True
+}
+
+function scaph_start_agent {
+    # Root: it mounts the share tmpfs and its read-only view (through its
+    # privsep daemon, forked, no sudo) and reads root-only RAPL files.
+    run_process scaph-agent \
+        "$SCAPH_OPENSTACK_BIN_DIR/scaph-openstack-agent --config-file $SCAPH_OPENSTACK_CONF" \
+        "" root
+}
+
+function scaph_stop_agent {
+    stop_process scaph-agent
+}
+
+# Both mounts are the agent's (or nova-compute's): the read-only view
+# first, then the tmpfs under it. A busy view (a guest still running) is
+# detached lazily: virtiofsd keeps what it has open.
+function scaph_unmount_shares {
+    local dir
+    for dir in "$SCAPH_OPENSTACK_EXPORT_DIR" "$SCAPH_OPENSTACK_WORK_DIR"; do
+        if mountpoint -q "$dir"; then
+            sudo umount "$dir" || sudo umount -l "$dir"
+        fi
+    done
+}
+
+# Nova --------------------------------------------------------------------
+
+function scaph_check_virt_driver {
+    if [[ "$VIRT_DRIVER" != libvirt ]]; then
+        die $LINENO "scaph-nova extends the libvirt driver:" \
+            "VIRT_DRIVER=$VIRT_DRIVER is not supported"
+    fi
+}
+
+function scaph_configure_nova {
+    local shim link
+    scaph_check_virt_driver
+    shim=$(_scaph_nova_shim_dir) || exit 1
+    link=$(_scaph_nova_shim_link)
+    if [[ ! -d "$NOVA_DIR/nova/virt" ]]; then
+        die $LINENO "$NOVA_DIR/nova/virt not found: is Nova installed" \
+            "from source (NOVA_DIR)?"
+    fi
+    # Nova is installed in develop mode: nova.virt is $NOVA_DIR/nova/virt,
+    # so a package installed into site-packages would never be found.
+    if [[ -e "$link" && ! -L "$link" ]]; then
+        die $LINENO "$link exists and is not a link: remove it"
+    fi
+    ln -sfn "$shim" "$link"
+
+    iniset "$NOVA_CPU_CONF" DEFAULT compute_driver "$SCAPH_NOVA_DRIVER"
+    iniset "$NOVA_CPU_CONF" scaphandre attach "$SCAPH_OPENSTACK_NOVA_ATTACH"
+    iniset "$NOVA_CPU_CONF" scaphandre tag "$SCAPH_OPENSTACK_TAG"
+    iniset "$NOVA_CPU_CONF" scaphandre work_dir "$SCAPH_OPENSTACK_WORK_DIR"
+    iniset "$NOVA_CPU_CONF" scaphandre export_dir "$SCAPH_OPENSTACK_EXPORT_DIR"
+
+    # nova-compute (unprivileged) starts the scaph_openstack privsep
+    # context through "sudo nova-rootwrap ... privsep-helper ...".
+    sudo install -d -o root -g root -m 0755 "$NOVA_CONF_DIR/rootwrap.d"
+    sudo install -o root -g root -m 0644 \
+        "$SCAPH_OPENSTACK_DIR/etc/scaph-openstack/rootwrap.d/$SCAPH_ROOTWRAP_FILTER" \
+        "$NOVA_CONF_DIR/rootwrap.d/$SCAPH_ROOTWRAP_FILTER"
+}
+
+function scaph_unconfigure_nova {
+    local link option
+    link=$(_scaph_nova_shim_link)
+    if [[ -f "$NOVA_CPU_CONF" ]]; then
+        if [[ "$(iniget "$NOVA_CPU_CONF" DEFAULT compute_driver)" == \
+                "$SCAPH_NOVA_DRIVER" ]]; then
+            iniset "$NOVA_CPU_CONF" DEFAULT compute_driver \
+                "$SCAPH_NOVA_DEFAULT_DRIVER"
+        fi
+        for option in attach tag work_dir export_dir; do
+            inidelete "$NOVA_CPU_CONF" scaphandre "$option"
+        done
+    fi
+    if [[ -L "$link" ]]; then
+        rm -f "$link"
+    fi
+    sudo rm -f "$NOVA_CONF_DIR/rootwrap.d/$SCAPH_ROOTWRAP_FILTER"
+}
+
+# Ceilometer --------------------------------------------------------------
+
+# Adds (add) or removes (remove) the polling sources of
+# $SCAPH_OPENSTACK_POLLING_YAML in Ceilometer's polling.yaml, by source
+# name: applying it twice changes nothing, other sources are kept.
+function _scaph_edit_polling {
+    local action=$1
+    local target
+    target=$(_scaph_ceilometer_conf_dir)/polling.yaml
+    local base=${CEILOMETER_DIR:-$DEST/ceilometer}/etc/ceilometer/polling.yaml
+    if [[ "$action" == remove && ! -f "$target" ]]; then
+        return
+    fi
+    if [[ ! -f "$SCAPH_OPENSTACK_POLLING_YAML" ]]; then
+        die $LINENO "$SCAPH_OPENSTACK_POLLING_YAML not found"
+    fi
+    "${PYTHON:-python3}" - "$action" "$SCAPH_OPENSTACK_POLLING_YAML" \
+        "$target" "$base" <<'EOF'
+import copy
+import os
+import sys
+
+import yaml
+
+action, ours_path, target, base = sys.argv[1:]
+with open(ours_path) as f:
+    ours = (yaml.safe_load(f) or {}).get('sources') or []
+names = {source['name'] for source in ours}
+# No polling.yaml yet: start from Ceilometer's own default, not from
+# nothing, which would drop its meters.
+start = target if os.path.exists(target) else base
+doc = {}
+if os.path.exists(start):
+    with open(start) as f:
+        doc = yaml.safe_load(f) or {}
+new = copy.deepcopy(doc)
+sources = [s for s in new.get('sources') or [] if s.get('name') not in names]
+if action == 'add':
+    sources.extend(ours)
+new['sources'] = sources
+if new == doc and start == target:
+    sys.exit(0)          # nothing to change: leave the file as it is
+tmp = target + '.scaph-tmp'
+with open(tmp, 'w') as f:
+    f.write('---\n')
+    yaml.safe_dump(new, f, default_flow_style=False, sort_keys=False)
+os.replace(tmp, target)
+EOF
+}
+
+# The ceilometer plugin defines these; defaults for an unstack without it.
+function _scaph_ceilometer_conf_dir {
+    echo "${CEILOMETER_CONF_DIR:-/etc/ceilometer}"
+}
+
+function _scaph_ceilometer_conf {
+    echo "${CEILOMETER_CONF:-$(_scaph_ceilometer_conf_dir)/ceilometer.conf}"
+}
+
+function scaph_configure_ceilometer {
+    mkdir -p "$(_scaph_ceilometer_conf_dir)"
+    _scaph_edit_polling add
+    iniset "$(_scaph_ceilometer_conf)" scaphandre snapshot_path \
+        "$SCAPH_OPENSTACK_SNAPSHOT_PATH"
+}
+
+function scaph_unconfigure_ceilometer {
+    local conf
+    conf=$(_scaph_ceilometer_conf)
+    _scaph_edit_polling remove
+    if [[ -f "$conf" ]] && ini_has_option "$conf" scaphandre snapshot_path; then
+        inidelete "$conf" scaphandre snapshot_path
+    fi
+}
+
+# Phases ------------------------------------------------------------------
+
+function scaph_unstack {
+    if is_service_enabled scaph-agent; then
+        scaph_stop_agent
+    fi
+    scaph_unmount_shares
+    scaph_unconfigure_nova
+    scaph_unconfigure_ceilometer
+}
+
+function scaph_clean {
+    scaph_unstack
+    sudo rm -rf "$SCAPH_OPENSTACK_CONF_DIR" "$SCAPH_OPENSTACK_STATE_DIR" \
+        "$SCAPH_OPENSTACK_RUN_DIR" "$SCAPH_OPENSTACK_WORK_DIR" \
+        "$SCAPH_OPENSTACK_EXPORT_DIR"
+}
+
+if is_service_enabled scaph-agent scaph-nova; then
+    if [[ "$1" == "stack" && "$2" == "pre-install" ]]; then
+        if is_service_enabled scaph-nova; then
+            # Fail before devstack spends its time installing everything.
+            scaph_check_virt_driver
+            if [[ "$SCAPH_OPENSTACK_INSTALL_VIRTIOFSD" == True ]]; then
+                echo_summary "Installing virtiofsd for scaph-openstack"
+                scaph_install_virtiofsd
+            fi
+        fi
+
+    elif [[ "$1" == "stack" && "$2" == "install" ]]; then
+        echo_summary "Installing scaph-openstack"
+        setup_develop "$SCAPH_OPENSTACK_DIR"
+
+    elif [[ "$1" == "stack" && "$2" == "post-config" ]]; then
+        if is_service_enabled scaph-agent; then
+            echo_summary "Configuring and starting scaph-openstack-agent"
+            scaph_configure_agent
+            scaph_start_agent
+        fi
+        if is_service_enabled scaph-nova; then
+            echo_summary "Configuring Nova for scaph-openstack"
+            scaph_configure_nova
+        fi
+        if is_service_enabled ceilometer-acompute; then
+            echo_summary "Configuring Ceilometer for scaph-openstack"
+            scaph_configure_ceilometer
+        fi
+
+    elif [[ "$1" == "stack" && "$2" == "extra" ]]; then
+        if is_service_enabled ceilometer-acompute; then
+            scaph_configure_ceilometer
+        fi
+
+    elif [[ "$1" == "stack" && "$2" == "test-config" ]]; then
+        :
+    fi
+
+    if [[ "$1" == "unstack" ]]; then
+        scaph_unstack
+    fi
+
+    if [[ "$1" == "clean" ]]; then
+        scaph_clean
+    fi
+fi
+
+$XTRACE_SCAPH
