@@ -71,6 +71,7 @@ def cmd_status(args, out=sys.stdout):
 def _load_conf(args):
     from scaph_openstack import conf
     argv = ['--config-file', args.config_file] if args.config_file else []
+    conf.register_opts(conf.CONF)
     conf.CONF(argv, project='scaph-openstack', default_config_files=[])
     from scaph_openstack import privsep
     privsep.start_if_root()

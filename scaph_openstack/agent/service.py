@@ -87,6 +87,7 @@ class AgentService(service.Service):
 
 
 def prepare(argv, conf=scaph_conf.CONF):
+    scaph_conf.register_opts(conf)
     logging.register_options(conf)
     conf(argv, project='scaph-openstack')
     logging.setup(conf, 'scaph-openstack')

@@ -1,4 +1,10 @@
-"""Option groups, one module each; ``register_opts`` wires them all in."""
+"""The agent's option groups, one module each.
+
+Nothing is registered at import: nova-compute and ceilometer-polling import
+``scaph_openstack.conf.nova`` / ``.ceilometer`` into their own global CONF,
+where the agent's ``[libvirt] connection_uri`` would collide with Nova's.
+The agent and the CLI call ``register_opts`` on their entry.
+"""
 
 from oslo_config import cfg
 
@@ -21,6 +27,3 @@ GROUP_MODULES = (agent, energy, simulated, libvirt, qemu, attribution,
 def register_opts(conf=CONF):
     for module in GROUP_MODULES:
         module.register_opts(conf)
-
-
-register_opts(CONF)

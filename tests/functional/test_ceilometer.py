@@ -1,0 +1,466 @@
+"""The real Ceilometer agents polling our meters from the real agent.
+
+A minimal QEMU guest carrying Nova's libvirt metadata runs under the real
+libvirtd; scaph-openstack-agent (simulated energy) writes its snapshot;
+ceilometer-polling --polling-namespaces compute loads our discovery and
+pollsters from their entry points. What is checked:
+
+1. Ceilometer's own Prometheus exporter shows the instance's energy and
+   power with Ceilometer's labels and exactly the snapshot's values, with
+   our discovery and with Ceilometer's local_instances;
+2. samples travel as notifications over a loopback RabbitMQ to
+   ceilometer-agent-notification, whose pipeline writes them to a file;
+3. a stopped agent stops the samples, with one warning in the log.
+
+Skipped where this cannot run (not root, no libvirtd or RabbitMQ); with
+CI=true that is a failure instead. Every process is started in its own
+process group and killed on the way out, whatever happens.
+"""
+
+import json
+import os
+import shutil
+import time
+import uuid
+import xml.sax.saxutils
+
+import pytest
+import yaml
+
+from tests.functional.helpers import agent as agentlib
+from tests.functional.helpers import ceilometer as ceilolib
+from tests.functional.helpers import guest as guestlib
+from tests.functional.helpers import libvirtd
+from tests.functional.helpers import rabbitmq
+from tests.functional.helpers import require
+
+METERS = ceilolib.METERS
+NOVA_NS = 'http://openstack.org/xmlns/libvirt/nova/1.1'
+POLL_INTERVAL = ceilolib.POLL_INTERVAL
+
+
+def wait_until(check, timeout, what, interval=0.25):
+    """check()'s first truthy result within ``timeout`` seconds; ``what``
+    (a string, or a callable for logs read only on failure) says what
+    was awaited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail('timed out after %ss waiting for %s' % (
+                timeout, what() if callable(what) else what))
+        time.sleep(interval)
+
+
+# -- the guest ------------------------------------------------------------
+
+class Instance:
+    """What Nova would have put in the domain's metadata."""
+
+    def __init__(self):
+        self.uuid = str(uuid.uuid4())
+        self.name = 'scaph-test-ceilo-%s' % self.uuid[:8]
+        self.display_name = 'ceilo-vm-%s' % self.uuid[:8]
+        self.project_id = uuid.uuid4().hex
+        self.user_id = uuid.uuid4().hex
+        self.flavor = 'm1.scaph-test'
+
+
+def domain_xml(instance, owner_tag, domain_type='qemu', name=None):
+    """A 64 MiB TCG guest without disk or kernel: SeaBIOS finds nothing to
+    boot and keeps the vCPU busy enough to be a running instance."""
+    esc = xml.sax.saxutils.escape
+    return '''<domain type='{type}'>
+  <name>{name}</name>
+  <uuid>{uuid}</uuid>
+  <description>{owner}</description>
+  <metadata>
+    <nova:instance xmlns:nova="{ns}">
+      <nova:package version="34.0.0"/>
+      <nova:name>{display}</nova:name>
+      <nova:flavor name="{flavor}" id="1">
+        <nova:memory>64</nova:memory>
+        <nova:disk>0</nova:disk>
+        <nova:swap>0</nova:swap>
+        <nova:ephemeral>0</nova:ephemeral>
+        <nova:vcpus>1</nova:vcpus>
+      </nova:flavor>
+      <nova:owner>
+        <nova:user uuid="{user}">scaph-test-user</nova:user>
+        <nova:project uuid="{project}">scaph-test-project</nova:project>
+      </nova:owner>
+    </nova:instance>
+  </metadata>
+  <memory unit='MiB'>64</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64'>hvm</type></os>
+  <on_crash>destroy</on_crash>
+  <devices><emulator>{qemu}</emulator></devices>
+</domain>'''.format(type=domain_type, name=name or instance.name,
+                    uuid=instance.uuid,
+                    owner=esc(owner_tag), ns=NOVA_NS,
+                    display=esc(instance.display_name),
+                    flavor=esc(instance.flavor), user=instance.user_id,
+                    project=instance.project_id,
+                    qemu=shutil.which('qemu-system-x86_64'))
+
+
+def _owner_tag():
+    # guest.reap_orphans() of concurrent test runs destroys scaph-test-
+    # domains whose description does not name a live owner process.
+    return guestlib._owner_tag()
+
+
+def _destroy_undefine(uri, uuid_string, attempts=3):
+    """Destroy and undefine the guest, even when libvirtd is being
+    restarted by a concurrent test (its reaper is the last resort)."""
+    import libvirt
+    for _ in range(attempts):
+        try:
+            conn = libvirt.open(uri)
+        except libvirt.libvirtError:
+            time.sleep(2)
+            try:
+                libvirtd.ensure_libvirtd(uri)
+            except (libvirtd.LibvirtdError, OSError):
+                pass
+            continue
+        try:
+            dom = conn.lookupByUUIDString(uuid_string)
+            if dom.isActive():
+                dom.destroy()
+            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
+            return
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return
+        finally:
+            conn.close()
+
+
+@pytest.fixture(scope='module')
+def libvirt_uri():
+    require(os.geteuid() == 0, 'libvirtd and QEMU guests need root')
+    try:
+        import libvirt  # noqa: F401
+    except ImportError:
+        require(False, 'libvirt-python is not installed')
+    require(shutil.which('qemu-system-x86_64'),
+            'qemu-system-x86_64 is not installed (tools/install-deps)')
+    try:
+        libvirtd.ensure_libvirtd()
+    except (libvirtd.LibvirtdError, OSError) as exc:
+        require(False, 'libvirtd cannot be started: %s' % exc)
+    return libvirtd.DEFAULT_URI
+
+
+@pytest.fixture(scope='module')
+def instance(libvirt_uri):
+    import libvirt
+    inst = Instance()
+    xml = domain_xml(inst, _owner_tag())
+    try:
+        for attempt in range(3):
+            # Other tests may restart libvirtd under us: try again.
+            try:
+                conn = libvirt.open(libvirt_uri)
+                try:
+                    conn.defineXML(xml).create()
+                finally:
+                    conn.close()
+                break
+            except libvirt.libvirtError:
+                if attempt == 2:
+                    raise
+                time.sleep(2)
+        yield inst
+    finally:
+        _destroy_undefine(libvirt_uri, inst.uuid)
+
+
+# -- the processes --------------------------------------------------------
+
+def start_agent(tmp_path, **snapshot_opts):
+    agent = agentlib.Agent(tmp_path, {
+        'agent': {'interval': 1},
+        'energy': {'source': 'simulated'},
+        'snapshot': snapshot_opts,
+    })
+    agent.start()
+    return agent
+
+
+def running(instance, charged=False):
+    """Snapshot predicate: the instance runs (and was charged energy)."""
+    return lambda snap: any(i['uuid'] == instance.uuid and i['running']
+                            and (i['total_uj'] > 0 or not charged)
+                            for i in snap.instances)
+
+
+@pytest.fixture
+def processes():
+    """Everything a test starts, stopped (by process group) at the end."""
+    started = []
+    yield started
+    for proc in reversed(started):
+        proc.stop(timeout=15)
+
+
+def zone_resource(snap, zone='package-0'):
+    return '%s-%s' % (snap.host, zone)
+
+
+def instance_doc(snap, instance):
+    return next(i for i in snap.instances if i['uuid'] == instance.uuid)
+
+
+# -- 1. Prometheus exporter ------------------------------------------------
+
+def test_exporter_shows_the_snapshot(tmp_path, instance, processes):
+    # A long stale_after keeps the frozen snapshot usable after kill -9.
+    agent = start_agent(tmp_path, stale_after=30)
+    processes.append(agent)
+    agent.wait_for_snapshot(running(instance))
+    polling = ceilolib.ExporterPolling(tmp_path, agent.snapshot_path)
+    processes.append(polling.start())
+
+    labels, _ = wait_until(
+        lambda: polling.series('energy.instance', instance.uuid), 60,
+        lambda: 'energy.instance in the exporter:\n' + polling.tail())
+    assert labels['project'] == instance.project_id
+    assert labels['user'] == instance.user_id
+    assert labels['unit'] == 'J'
+    assert labels['type'] == 'instance'
+    assert labels['flavor_name'] == instance.flavor
+    assert labels['resource_name'] == '%s:%s' % (instance.display_name,
+                                                 instance.name)
+    labels, _ = wait_until(
+        lambda: polling.series('power.instance', instance.uuid), 30,
+        'power.instance in the exporter')
+    assert labels['unit'] == 'W'
+    assert labels['project'] == instance.project_id
+
+    snap = agent.read_snapshot()
+    first = wait_until(lambda: polling.series(
+        'energy.host.zone', zone_resource(snap)), 30, 'energy.host.zone')[1]
+    # Live values: the host counter grows while the agent runs.
+    wait_until(lambda: (polling.series('energy.host.zone',
+                                       zone_resource(snap)) or
+                        (None, first))[1] > first, 30,
+               'energy.host.zone to grow')
+
+    assert_shows_frozen_snapshot(agent, polling, instance)
+
+
+def assert_shows_frozen_snapshot(agent, polling, instance, host=True):
+    """kill -9 the agent once the guest has been charged something: from
+    the next polling cycle on, the exporter must show exactly the values
+    of the snapshot it left (still fresh: the agent has a long
+    stale_after)."""
+    agent.wait_for_snapshot(running(instance, charged=True))
+    agent.kill()
+    frozen = agent.read_snapshot()
+    assert frozen is not None, 'snapshot went stale too early'
+    doc = instance_doc(frozen, instance)
+    expected = {
+        ('energy.instance', instance.uuid): doc['total_uj'] / 1e6,
+        ('power.instance', instance.uuid): doc['power_w'],
+    }
+    if host:
+        zone = next(z for z in frozen.zones if z['name'] == 'package-0')
+        expected.update({
+            ('energy.host.zone', zone_resource(frozen)):
+                zone['measured_uj'] / 1e6,
+            ('energy.host.unattributed', zone_resource(frozen)):
+                (zone['residual_uj'] + zone['unallocated_idle_uj']) / 1e6,
+        })
+
+    def shown():
+        return {key: (polling.series(*key) or (None, None))[1]
+                for key in expected}
+
+    wait_until(lambda: shown() == expected, 20,
+               'exporter values == frozen snapshot %s' % expected)
+
+
+def test_with_ceilometer_local_instances(tmp_path, instance, processes):
+    """Our instance pollsters under Ceilometer's own local_instances
+    discovery (libvirt_metadata method) in the real ceilometer-polling.
+
+    That discovery reads every domain of its libvirt URI, and asks the
+    Nova API (through Keystone, absent here) for the flavor id of any
+    domain whose metadata lacks one, which then fails the whole
+    discovery. Guests of concurrent test runs may be such domains, so it
+    is pointed at libvirt's test driver holding this instance's Nova
+    metadata under its UUID (and another domain name, to tell whose
+    resources the samples describe); the snapshot comes from the real
+    agent watching the real guest.
+    """
+    node_xml = tmp_path / 'libvirt-test-node.xml'
+    node_xml.write_text('<node>%s</node>' % domain_xml(
+        instance, 'libvirt test driver copy', domain_type='test',
+        name='instance-0000beef'))
+    agent = start_agent(tmp_path, stale_after=30)
+    processes.append(agent)
+    agent.wait_for_snapshot(running(instance))
+    polling = ceilolib.ExporterPolling(
+        tmp_path, agent.snapshot_path,
+        default={'libvirt_uri': 'test://%s' % node_xml},
+        sources=[{'name': 'scaph_local', 'discovery': ['local_instances'],
+                  'meters': ['energy.instance', 'power.instance']}])
+    processes.append(polling.start())
+
+    labels, _ = wait_until(
+        lambda: polling.series('energy.instance', instance.uuid), 60,
+        lambda: 'energy.instance in the exporter:\n' + polling.tail())
+    # Ceilometer's resource: its metadata, with the flavor id from Nova's
+    # metadata that the snapshot does not carry.
+    assert labels['resource_name'] == '%s:instance-0000beef' % (
+        instance.display_name)
+    assert labels['flavor_id'] == '1'
+    assert labels['project'] == instance.project_id
+    assert_shows_frozen_snapshot(agent, polling, instance, host=False)
+
+
+# -- 2. notifications through RabbitMQ -------------------------------------
+
+@pytest.fixture(scope='module')
+def broker():
+    reason = rabbitmq.unavailable_reason()
+    require(reason is None, 'cannot run RabbitMQ here: %s' % reason)
+    try:
+        found = rabbitmq.ensure_rabbitmq()
+    except (rabbitmq.RabbitMQError, OSError) as exc:
+        require(False, 'RabbitMQ cannot be started: %s' % exc)
+    yield found
+    if found.started:
+        rabbitmq.stop_rabbitmq()
+
+
+def pipeline_yaml(tmp_path, out_path):
+    cfg = {'sources': [{'name': 'scaph_source', 'meters': list(METERS),
+                        'sinks': ['scaph_file']}],
+           'sinks': [{'name': 'scaph_file',
+                      'publishers': ['file://%s?json' % out_path]}]}
+    path = os.path.join(str(tmp_path), 'pipeline.yaml')
+    with open(path, 'w') as f:
+        yaml.safe_dump(cfg, f)
+    return path
+
+
+def read_samples(path):
+    """The file publisher's JSON lines: Sample.as_dict() (name, volume...,
+    not the counter_* keys of the notifications)."""
+    try:
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def test_samples_reach_the_notification_agent(tmp_path, instance, broker,
+                                              processes):
+    agent = start_agent(tmp_path, stale_after=30)
+    processes.append(agent)
+    agent.wait_for_snapshot(running(instance))
+
+    out = os.path.join(str(tmp_path), 'samples.json')
+    notif_dir = tmp_path / 'notification'
+    notif_dir.mkdir()
+    notif_conf = agentlib.write_config(str(notif_dir / 'ceilometer.conf'), {
+        'DEFAULT': {'transport_url': broker.url,
+                    'pipeline_cfg_file': pipeline_yaml(notif_dir, out),
+                    'log_file': str(notif_dir / 'notification.log')},
+        'notification': {'pipelines': 'meter', 'workers': 1},
+    })
+    notification = agentlib.ManagedProcess(
+        [ceilolib.ceilometer_bin('ceilometer-agent-notification'),
+         '--config-file', notif_conf], str(notif_dir / 'notification.out'))
+    processes.append(notification.start())
+
+    polling = ceilolib.Polling(tmp_path, agent.snapshot_path,
+                      polling={'enable_notifications': True},
+                      default={'transport_url': broker.url})
+    processes.append(polling.start())
+
+    def arrived():
+        notification.check_alive()
+        polling.check_alive()
+        got = {s['name'] for s in read_samples(out)
+               if s['resource_id'] == instance.uuid}
+        return got >= {'energy.instance', 'power.instance'}
+
+    wait_until(arrived, 90, lambda: 'samples in %s; notification agent '
+               'log:\n%s' % (out, notification.tail()))
+    samples = read_samples(out)
+    energy = [s for s in samples if s['name'] == 'energy.instance'
+              and s['resource_id'] == instance.uuid]
+    for s in energy:
+        assert s['project_id'] == instance.project_id
+        assert s['user_id'] == instance.user_id
+        assert s['type'] == 'cumulative'
+        assert s['unit'] == 'J'
+        assert s['resource_metadata']['display_name'] == \
+            instance.display_name
+        assert s['resource_metadata']['source'] == 'simulated'
+    # Cumulative counters never go backwards, and never run ahead of what
+    # the agent has written.
+    volumes = [s['volume'] for s in energy]
+    assert volumes == sorted(volumes)
+    now = instance_doc(agent.read_snapshot(check_stale=False), instance)
+    assert volumes[-1] <= now['total_uj'] / 1e6
+
+    wait_until(lambda: any(s['name'] == 'energy.host.unattributed'
+                           for s in read_samples(out)), 30,
+               'host meters in %s' % out)
+    host = next(s for s in read_samples(out)
+                if s['name'] == 'energy.host.zone')
+    assert host['project_id'] is None and host['user_id'] is None
+    assert host['resource_metadata']['node'] == agent.read_snapshot(
+        check_stale=False).host
+
+
+# -- 3. staleness -----------------------------------------------------------
+
+def test_stopped_agent_stops_the_samples(tmp_path, instance, processes):
+    agent = start_agent(tmp_path)  # stale after 3 intervals: 3 s
+    processes.append(agent)
+    agent.wait_for_snapshot(running(instance))
+    polling = ceilolib.ExporterPolling(tmp_path, agent.snapshot_path)
+    processes.append(polling.start())
+    wait_until(lambda: polling.series('energy.instance', instance.uuid),
+               60, lambda: 'energy.instance in the exporter:\n' +
+               polling.tail())
+    before = len(polling.log_lines())
+    last_energy = polling.series('energy.instance', instance.uuid)[1]
+
+    assert agent.stop(), 'the agent did not stop on SIGTERM'
+    snap = agent.read_snapshot(check_stale=False)
+    # All four series gone at once: not the exporter's per-meter purge at
+    # the start of a cycle, which empties one series at a time.
+    wait_until(lambda: not polling.ours(),
+               snap.stale_after_s + 6 * POLL_INTERVAL + 10,
+               'our series to leave the exporter')
+    # Never before the last snapshot was stale (wall clock, like the
+    # snapshot's time), and for several cycles after.
+    assert time.time() - snap.time > snap.stale_after_s
+    for _ in range(5):
+        time.sleep(POLL_INTERVAL)
+        assert polling.ours() == []
+    warnings = polling.our_warnings(since=before)
+    assert len(warnings) == 1, warnings
+    assert 'stale' in warnings[0]
+
+    # The agent comes back: samples resume from the persisted counters,
+    # with an INFO, no second warning.
+    agent.start()
+    agent.wait_for_snapshot(running(instance), newer_than=snap.time)
+    labels, energy = wait_until(
+        lambda: polling.series('energy.instance', instance.uuid), 30,
+        'energy.instance back in the exporter')
+    assert energy >= last_energy
+    assert len(polling.our_warnings(since=before)) == 1
+    assert any('fresh again' in line
+               for line in polling.log_lines()[before:])
