@@ -5,6 +5,7 @@ made read-only on the host: virtiofsd exports a bind mount remounted
 ``ro``, while the agent writes the same tmpfs through ``work_dir``.
 """
 
+import fcntl
 import os
 import subprocess
 
@@ -33,6 +34,16 @@ def _run(*argv):
 
 
 def ensure_share_mounts_unprivileged(work_dir, export_dir, size):
+    # nova-compute (hook) and the agent may both set the mounts up at host
+    # boot: one at a time, or both could mount a tmpfs over work_dir.
+    os.makedirs(os.path.dirname(os.path.abspath(work_dir)), exist_ok=True)
+    lock_path = os.path.abspath(work_dir).rstrip('/') + '.lock'
+    with open(lock_path, 'a') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _ensure_share_mounts(work_dir, export_dir, size)
+
+
+def _ensure_share_mounts(work_dir, export_dir, size):
     mounts = _mountinfo()
     for path in (work_dir, export_dir):
         os.makedirs(path, exist_ok=True)

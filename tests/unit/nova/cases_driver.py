@@ -1,0 +1,431 @@
+"""Unit cases of scaph_openstack.nova (driver, extra specs, shim).
+
+They import Nova, so test_nova_unit.py runs them in a child interpreter
+(isolated.py); they never start a Nova service.
+"""
+
+import os
+import types
+from unittest import mock
+import uuid as uuidlib
+
+from lxml import etree
+from oslo_config import fixture as config_fixture
+import pytest
+
+from nova import exception
+from nova.virt.libvirt import config as vconfig
+from nova.virt.libvirt import driver as libvirt_driver
+
+from scaph_openstack.conf import nova as scaph_conf
+from scaph_openstack.nova import driver
+from scaph_openstack.nova import extra_specs
+from scaph_openstack import privsep
+from scaph_openstack.share import layout
+from scaph_openstack.share import tree
+
+UUID = str(uuidlib.UUID(int=42))
+PARENT = 'nova.virt.libvirt.driver.LibvirtDriver.'
+ON = {scaph_conf.FLAVOR_SPEC: 'true'}
+OFF = {scaph_conf.FLAVOR_SPEC: 'false'}
+IMAGE_ON = {driver.SYSMETA_IMAGE_KEY: 'True'}
+IMAGE_OFF = {driver.SYSMETA_IMAGE_KEY: 'no'}
+
+
+@pytest.fixture(autouse=True)
+def privsep_in_process():
+    # create_instance_share runs here instead of in a privsep daemon.
+    privsep.sys_admin.set_client_mode(False)
+    yield
+    privsep.sys_admin.set_client_mode(True)
+
+
+@pytest.fixture
+def conf(tmp_path):
+    fixture = config_fixture.Config(driver.CONF)
+    fixture.setUp()
+    work = tmp_path / 'shares'
+    work.mkdir()
+    export = tmp_path / 'export'
+    export.symlink_to(work)  # stands for the read-only bind mount
+    fixture.config(group='scaphandre', work_dir=str(work),
+                   export_dir=str(export), manage_mounts=False)
+    fixture.config(group='libvirt', virt_type='kvm')
+    yield fixture
+    fixture.cleanUp()
+
+
+def instance(extra_specs=None, system_metadata=None):
+    return types.SimpleNamespace(
+        uuid=UUID, flavor=types.SimpleNamespace(extra_specs=extra_specs or {}),
+        system_metadata=system_metadata or {})
+
+
+def libvirt_driver_instance(xml=None, lv_ver_ok=False):
+    """A LibvirtDriver without __init__: no libvirt connection."""
+    drv = object.__new__(driver.LibvirtDriver)
+    drv._host = mock.Mock()
+    drv._host.has_min_version.return_value = lv_ver_ok
+    if xml is None:
+        drv._host.get_guest.side_effect = exception.InstanceNotFound(
+            instance_id=UUID)
+    else:
+        drv._host.get_guest.return_value.get_xml_desc.return_value = xml
+    return drv
+
+
+def guest_with_share(conf, readonly=False, binary=None):
+    guest = vconfig.LibvirtConfigGuest()
+    fs = driver.ShareFilesys()
+    fs.source_dir = driver.export_path(UUID)
+    fs.target_dir = 'scaphandre'
+    fs.readonly = readonly
+    fs.binary_path = binary
+    guest.add_device(fs)
+    return guest
+
+
+def domain_xml(devices=''):
+    return ("<domain type='kvm'><name>instance-1</name><uuid>%s</uuid>"
+            "<devices>%s</devices></domain>" % (UUID, devices))
+
+
+def share_fs_xml(path, driver_type='virtiofs'):
+    return ("<filesystem type='mount' accessmode='passthrough'>"
+            "<driver type='%s'/><source dir='%s'/>"
+            "<target dir='scaphandre'/></filesystem>" % (driver_type, path))
+
+
+# -- which instances get the share --
+
+@pytest.mark.parametrize('attach, specs, sysmeta, expected', [
+    ('opt-in', {}, {}, False),
+    ('opt-in', ON, {}, True),
+    ('opt-in', OFF, {}, False),
+    ('opt-in', {}, IMAGE_ON, True),
+    ('opt-in', OFF, IMAGE_ON, False),     # the flavor wins
+    ('opt-in', ON, IMAGE_OFF, True),
+    ('all', {}, {}, True),
+    ('all', OFF, {}, False),
+    ('all', {}, IMAGE_OFF, False),
+    ('all', ON, IMAGE_OFF, True),
+    ('none', ON, IMAGE_ON, False),
+])
+def test_wants_share(attach, specs, sysmeta, expected):
+    assert driver.wants_share(attach, specs, sysmeta) is expected
+
+
+def test_invalid_values_are_ignored_with_a_warning():
+    with mock.patch.object(driver.LOG, 'warning') as warning:
+        assert driver.share_requested(
+            {scaph_conf.FLAVOR_SPEC: 'maybe'}, IMAGE_ON) is True
+        assert driver.share_requested(
+            {}, {driver.SYSMETA_IMAGE_KEY: 'perhaps'}) is None
+    assert warning.call_count == 2
+
+
+# -- the XML pieces --
+
+def test_filesystem_xml(conf):
+    fs = guest_with_share(conf).devices[0].format_dom()
+    assert fs.get('type') == 'mount'
+    assert fs.get('accessmode') == 'passthrough'
+    assert fs.find('driver').get('type') == 'virtiofs'
+    assert fs.find('source').get('dir') == os.path.join(
+        conf.conf.scaphandre.export_dir, UUID)
+    assert fs.find('target').get('dir') == 'scaphandre'
+    assert fs.find('readonly') is None and fs.find('binary') is None
+
+
+def test_filesystem_xml_readonly_and_binary(conf):
+    fs = guest_with_share(conf, readonly=True,
+                          binary='/usr/libexec/virtiofsd').devices[0]
+    dom = fs.format_dom()
+    assert dom.find('readonly') is not None
+    assert dom.find('binary').get('path') == '/usr/libexec/virtiofsd'
+
+
+def test_memfd_backing_alone():
+    guest = vconfig.LibvirtConfigGuest()
+    driver.ensure_shared_memory(guest)
+    xml = etree.tostring(guest.membacking.format_dom()).decode()
+    assert xml == ('<memoryBacking><source type="memfd"/>'
+                   '<access mode="shared"/></memoryBacking>')
+
+
+def test_memfd_backing_keeps_nova_settings():
+    guest = vconfig.LibvirtConfigGuest()
+    guest.membacking = vconfig.LibvirtConfigGuestMemoryBacking()
+    guest.membacking.locked = True
+    guest.membacking.sharedpages = False
+    driver.ensure_shared_memory(guest)
+    dom = guest.membacking.format_dom()
+    assert [e.tag for e in dom] == ['nosharepages', 'locked', 'source',
+                                    'access']
+    assert dom.find('source').get('type') == 'memfd'
+
+
+def test_file_backed_memory_is_left_alone():
+    guest = vconfig.LibvirtConfigGuest()
+    backing = guest.membacking = vconfig.LibvirtConfigGuestMemoryBacking()
+    backing.filesource = backing.sharedaccess = True
+    driver.ensure_shared_memory(guest)
+    assert guest.membacking is backing
+    assert [e.get('type') for e in backing.format_dom().iter('source')] == [
+        'file']
+
+
+def test_hugepages_only_become_shared():
+    guest = vconfig.LibvirtConfigGuest()
+    backing = guest.membacking = vconfig.LibvirtConfigGuestMemoryBacking()
+    page = vconfig.LibvirtConfigGuestMemoryBackingPage()
+    page.size_kb, page.nodeset = 2048, [0]
+    backing.hugepages = [page]
+    driver.ensure_shared_memory(guest)
+    assert guest.membacking is backing and backing.sharedaccess
+    assert backing.format_dom().find('source') is None
+
+
+def test_shared_numa_cells_are_enough():
+    guest = vconfig.LibvirtConfigGuest()
+    guest.cpu = vconfig.LibvirtConfigGuestCPU()
+    guest.cpu.numa = vconfig.LibvirtConfigGuestCPUNUMA()
+    for cell_id in (0, 1):
+        cell = vconfig.LibvirtConfigGuestCPUNUMACell()
+        cell.id, cell.memAccess = cell_id, 'shared'
+        guest.cpu.numa.cells.append(cell)
+    assert driver.has_shared_memory(guest)
+    driver.ensure_shared_memory(guest)
+    assert guest.membacking is None
+    guest.cpu.numa.cells[1].memAccess = None
+    assert not driver.has_shared_memory(guest)
+
+
+def test_share_devices(conf):
+    path = driver.export_path(UUID)
+    assert len(driver.share_devices(domain_xml(share_fs_xml(path)),
+                                    UUID)) == 1
+    assert len(driver.share_devices(
+        ('<?xml version="1.0" encoding="utf-8"?>' +
+         domain_xml(share_fs_xml(path))), UUID)) == 1
+    for other in (share_fs_xml('/elsewhere'), share_fs_xml(path, 'path'),
+                  ''):
+        assert driver.share_devices(domain_xml(other), UUID) == []
+    assert driver.share_devices('not xml', UUID) == []
+
+
+# -- _get_guest_config --
+
+def get_guest_config(drv, inst, guest=None):
+    guest = guest or vconfig.LibvirtConfigGuest()
+    with mock.patch(PARENT + '_get_guest_config',
+                    return_value=guest) as parent:
+        result = drv._get_guest_config(inst, 'network_info', 'image_meta',
+                                       {'mapping': {}}, share_info=None,
+                                       old_guest='old')
+    parent.assert_called_once_with(inst, 'network_info', 'image_meta',
+                                   {'mapping': {}}, share_info=None,
+                                   old_guest='old')
+    return result
+
+
+def filesystems(guest):
+    return [d for d in guest.devices
+            if isinstance(d, vconfig.LibvirtConfigGuestFilesys)]
+
+
+def test_guest_config_opt_in(conf):
+    guest = get_guest_config(libvirt_driver_instance(), instance(ON))
+    [fs] = filesystems(guest)
+    assert fs.source_dir == driver.export_path(UUID)
+    assert fs.target_dir == layout.DEFAULT_TAG
+    assert not fs.readonly and fs.binary_path is None
+    assert guest.membacking.sharedaccess
+
+
+def test_guest_config_not_asked(conf):
+    guest = get_guest_config(libvirt_driver_instance(), instance())
+    assert filesystems(guest) == [] and guest.membacking is None
+
+
+def test_guest_config_options(conf):
+    conf.config(group='scaphandre', attach='all', tag='energy',
+                virtiofsd_path='/usr/libexec/virtiofsd')
+    drv = libvirt_driver_instance(lv_ver_ok=True)
+    [fs] = filesystems(get_guest_config(drv, instance()))
+    assert fs.target_dir == 'energy' and fs.readonly
+    assert fs.binary_path == '/usr/libexec/virtiofsd'
+    drv._host.has_min_version.assert_called_with(lv_ver=(11, 0, 0))
+    conf.config(group='scaphandre', readonly='never')
+    [fs] = filesystems(get_guest_config(drv, instance()))
+    assert not fs.readonly
+
+
+def test_guest_config_lxc_never(conf):
+    conf.config(group='libvirt', virt_type='lxc')
+    guest = get_guest_config(libvirt_driver_instance(), instance(ON))
+    assert filesystems(guest) == []
+
+
+def test_guest_config_tag_taken(conf):
+    guest = vconfig.LibvirtConfigGuest()
+    other = vconfig.LibvirtConfigGuestFilesys()
+    other.target_dir = layout.DEFAULT_TAG
+    guest.add_device(other)
+    with mock.patch.object(driver.LOG, 'warning') as warning:
+        guest = get_guest_config(libvirt_driver_instance(), instance(ON),
+                                 guest)
+    assert filesystems(guest) == [other] and guest.membacking is None
+    warning.assert_called_once()
+
+
+# -- _create_guest: the share exists before the domain starts --
+
+def create_guest(drv, xml, check=None):
+    def parent(_self, context, xml, inst, *args, **kwargs):
+        if check:
+            check()
+        return 'guest'
+    with mock.patch(PARENT + '_create_guest', autospec=True,
+                    side_effect=parent) as mocked:
+        result = drv._create_guest('ctxt', xml, instance(ON), power_on=True,
+                                   pause=False)
+    return result, mocked
+
+
+def test_create_guest_makes_the_share_first(conf):
+    export = driver.export_path(UUID)
+
+    def share_is_ready():
+        for (subdir, name), data in layout.initial_files(UUID).items():
+            with open(os.path.join(export, subdir, name), 'rb') as f:
+                assert f.read() == data
+
+    result, parent = create_guest(libvirt_driver_instance(),
+                                  domain_xml(share_fs_xml(export)),
+                                  check=share_is_ready)
+    assert result == 'guest'
+    parent.assert_called_once()
+    assert parent.call_args.kwargs == {'power_on': True, 'pause': False}
+
+
+def test_create_guest_keeps_agent_counters(conf):
+    tree.ShareTree(conf.conf.scaphandre.work_dir).write_instance(
+        UUID, layout.zone_files(5000000))
+    export = driver.export_path(UUID)
+    create_guest(libvirt_driver_instance(), domain_xml(share_fs_xml(export)))
+    with open(os.path.join(export, layout.PACKAGE_DIR, 'energy_uj')) as f:
+        assert f.read() == '5000000\n'
+
+
+def test_create_guest_without_share_touches_nothing(conf):
+    with mock.patch.object(driver.mounts, 'create_instance_share') as create:
+        create_guest(libvirt_driver_instance(), domain_xml())
+    create.assert_not_called()
+
+
+def test_create_guest_mounts_when_managed(conf):
+    conf.config(group='scaphandre', manage_mounts=True, tmpfs_size='8m')
+    with mock.patch.object(driver.mounts, 'ensure_share_mounts') as ensure:
+        create_guest(libvirt_driver_instance(),
+                     domain_xml(share_fs_xml(driver.export_path(UUID))))
+    ensure.assert_called_once_with(conf.conf.scaphandre.work_dir,
+                                   conf.conf.scaphandre.export_dir, '8m')
+
+
+def test_create_guest_failure_without_share_dir(conf):
+    xml = domain_xml(share_fs_xml(driver.export_path(UUID)))
+    with mock.patch.object(driver.mounts, 'create_instance_share',
+                           side_effect=OSError('no privsep')):
+        with pytest.raises(driver.ShareUnavailable, match='no privsep'):
+            create_guest(libvirt_driver_instance(), xml,
+                         check=lambda: pytest.fail('domain started'))
+
+
+def test_create_guest_failure_with_share_dir(conf):
+    os.mkdir(os.path.join(conf.conf.scaphandre.work_dir, UUID))
+    xml = domain_xml(share_fs_xml(driver.export_path(UUID)))
+    with mock.patch.object(driver.mounts, 'create_instance_share',
+                           side_effect=OSError('no privsep')), \
+            mock.patch.object(driver.LOG, 'warning') as warning:
+        result, _ = create_guest(libvirt_driver_instance(), xml)
+    assert result == 'guest'
+    warning.assert_called_once()
+
+
+def test_create_guest_export_not_bound(conf, tmp_path):
+    empty = tmp_path / 'not-a-view'
+    empty.mkdir()
+    conf.config(group='scaphandre', export_dir=str(empty))
+    xml = domain_xml(share_fs_xml(driver.export_path(UUID)))
+    with pytest.raises(driver.ShareUnavailable, match='bind mount'):
+        create_guest(libvirt_driver_instance(), xml)
+
+
+# -- live migration and suspend --
+
+def test_live_migration_refused_with_share(conf):
+    drv = libvirt_driver_instance(
+        domain_xml(share_fs_xml(driver.export_path(UUID))))
+    with mock.patch(PARENT + 'check_can_live_migrate_source') as parent:
+        with pytest.raises(exception.MigrationPreCheckError,
+                           match='cannot live migrate'):
+            drv.check_can_live_migrate_source('ctxt', instance(), 'data')
+    parent.assert_not_called()
+
+
+@pytest.mark.parametrize('xml', [None, domain_xml()])
+def test_live_migration_checks_go_on_without_share(conf, xml):
+    drv = libvirt_driver_instance(xml)
+    with mock.patch(PARENT + 'check_can_live_migrate_source',
+                    return_value='checked') as parent:
+        assert drv.check_can_live_migrate_source(
+            'ctxt', instance(), 'data', block_device_info=None) == 'checked'
+    parent.assert_called_once_with('ctxt', instance(), 'data',
+                                   block_device_info=None)
+
+
+def test_suspend_refused_with_share(conf):
+    drv = libvirt_driver_instance(
+        domain_xml(share_fs_xml(driver.export_path(UUID))))
+    with mock.patch(PARENT + 'suspend') as parent:
+        with pytest.raises(exception.InstanceFaultRollback) as raised:
+            drv.suspend('ctxt', instance())
+    assert isinstance(raised.value.inner_exception,
+                      exception.InstanceSuspendFailure)
+    assert 'cannot save' in str(raised.value.inner_exception)
+    parent.assert_not_called()
+
+
+def test_suspend_without_share(conf):
+    drv = libvirt_driver_instance(domain_xml())
+    with mock.patch(PARENT + 'suspend') as parent:
+        drv.suspend('ctxt', instance())
+    parent.assert_called_once_with('ctxt', instance())
+
+
+# -- what Nova loads --
+
+def test_subclass_of_nova_driver():
+    assert issubclass(driver.LibvirtDriver, libvirt_driver.LibvirtDriver)
+
+
+def test_shim_reexports_the_driver():
+    from nova.virt import scaphandre
+    assert scaphandre.LibvirtDriver is driver.LibvirtDriver
+
+
+def test_extra_spec_validator():
+    [validator] = extra_specs.register()
+    assert validator.name == 'scaphandre:share'
+    for value in ('true', 'False', '1', 'no'):
+        validator.validate('scaphandre:share', value)
+    with pytest.raises(exception.ValidationError):
+        validator.validate('scaphandre:share', 'maybe')
+
+
+def test_nova_api_knows_the_namespace():
+    from nova.api.validation.extra_specs import validators
+    validators.validate('scaphandre:share', 'true')
+    with pytest.raises(exception.ValidationError):
+        validators.validate('scaphandre:unknown', 'true')
