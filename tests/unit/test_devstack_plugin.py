@@ -253,7 +253,7 @@ def load_agent_conf(path):
 def load_nova_conf(path):
     from oslo_config import cfg
 
-    from scaph_openstack import nova as scaph_nova
+    from scaph_openstack.conf import nova as scaph_nova
     conf = cfg.ConfigOpts()
     scaph_nova.register_opts(conf)
     conf.register_opt(cfg.StrOpt('compute_driver'))
