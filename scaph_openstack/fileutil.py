@@ -8,8 +8,9 @@ followed.
 """
 
 import contextlib
+import itertools
 import os
-import secrets
+import re
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -27,15 +28,30 @@ def opened_dir(path, dir_fd=None):
         os.close(fd)
 
 
+_TEMPORARY_RE = re.compile(r'^\..+\.(\d+)\.\d+\.tmp$')
+_TEMPORARY_FLAGS = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                    | os.O_CLOEXEC)
+_sequence = itertools.count()
+
+
+def _create_temporary(dir_fd, name, mode):
+    """(name, fd) of a new temporary file beside ``name``. pid + sequence
+    is unique among live writers; a leftover of a killed one is skipped."""
+    while True:
+        tmp = '.%s.%d.%d.tmp' % (name, os.getpid(), next(_sequence))
+        try:
+            return tmp, os.open(tmp, _TEMPORARY_FLAGS, mode, dir_fd=dir_fd)
+        except FileExistsError:
+            continue
+
+
 def replace_at(dir_fd, name, data, mode=0o644, fsync=False):
     """Atomically make ``name`` in ``dir_fd`` hold ``data`` (bytes).
 
     On any error (ENOSPC on a full disk, ...) the temporary file is removed
     and the old content stays in place; the error propagates.
     """
-    tmp = '.%s.%s.tmp' % (name, secrets.token_hex(4))
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                 | os.O_CLOEXEC, mode, dir_fd=dir_fd)
+    tmp, fd = _create_temporary(dir_fd, name, mode)
     try:
         try:
             view = memoryview(data)
@@ -61,3 +77,28 @@ def replace_file(path, data, mode=0o644, fsync=True):
     os.makedirs(parent, exist_ok=True)
     with opened_dir(parent) as dir_fd:
         replace_at(dir_fd, name, data, mode=mode, fsync=fsync)
+
+
+def _pid_alive(pid):
+    """A zombie counts as dead: its writes are over."""
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except (OSError, IndexError):
+        return False
+
+
+def remove_stale_temporaries(directory, recursive=False):
+    """Remove the temporaries of writers that died (kill -9) between
+    creating and renaming them; returns how many. Live writers' are kept."""
+    removed = 0
+    for dirpath, _dirs, filenames in os.walk(directory):
+        for name in filenames:
+            match = _TEMPORARY_RE.match(name)
+            if match and not _pid_alive(int(match.group(1))):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(dirpath, name))
+                    removed += 1
+        if not recursive:
+            break
+    return removed

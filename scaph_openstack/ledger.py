@@ -8,6 +8,7 @@ of what a restarted agent starts from.
 """
 
 import dataclasses
+import functools
 import json
 
 from scaph_openstack import fileutil
@@ -24,10 +25,15 @@ class LedgerError(ValueError):
     pass
 
 
+@functools.lru_cache(maxsize=256)
 def zone_kind(zone_name):
     """'package-0' -> 'package', 'psys' -> 'psys'."""
     kind, _, socket = zone_name.rpartition('-')
     return kind if socket.isdigit() and kind else zone_name
+
+
+def additive_total(kind_totals):
+    return sum(kind_totals.get(kind, 0) for kind in ADDITIVE_KINDS)
 
 
 @dataclasses.dataclass
@@ -39,13 +45,20 @@ class InstanceRecord:
     power_w: float = 0.0
     running: bool = True
 
+    def kind_totals(self):
+        """{kind: µJ} summed over the zones of each kind, in one pass."""
+        totals = {}
+        for zone, value in self.energy_uj.items():
+            kind = zone_kind(zone)
+            totals[kind] = totals.get(kind, 0) + value
+        return totals
+
     def kind_total(self, kind):
-        return sum(v for zone, v in self.energy_uj.items()
-                   if zone_kind(zone) == kind)
+        return self.kind_totals().get(kind, 0)
 
     @property
     def total_uj(self):
-        return sum(self.kind_total(kind) for kind in ADDITIVE_KINDS)
+        return additive_total(self.kind_totals())
 
 
 @dataclasses.dataclass
@@ -114,8 +127,13 @@ class Ledger:
         return {
             'format': FORMAT, 'version': VERSION,
             'zones': [dataclasses.asdict(z) for z in self.zones.values()],
+            # Built by hand: dataclasses.asdict deep-copies every record
+            # and dominated the tick at 1000 instances (doc/performance.md).
             'instances': [
-                dict(dataclasses.asdict(r), identity=r.identity.as_dict())
+                {'identity': r.identity.as_dict(),
+                 'energy_uj': r.energy_uj, 'first_seen': r.first_seen,
+                 'last_seen': r.last_seen, 'power_w': r.power_w,
+                 'running': r.running}
                 for r in self.instances.values()],
         }
 

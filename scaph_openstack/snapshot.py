@@ -38,12 +38,13 @@ class SnapshotStale(SnapshotError):
 
 def _instance_doc(record):
     doc = record.identity.as_dict()
+    totals = record.kind_totals()
     doc.update(
         running=record.running,
         energy_uj=dict(sorted(record.energy_uj.items())),
-        package_uj=record.kind_total('package'),
-        dram_uj=record.kind_total('dram'),
-        total_uj=record.total_uj,
+        package_uj=totals.get('package', 0),
+        dram_uj=totals.get('dram', 0),
+        total_uj=ledger_mod.additive_total(totals),
         power_w=round(record.power_w, 6),
         first_seen=record.first_seen,
         last_seen=record.last_seen)

@@ -7,6 +7,7 @@ import os
 import socket
 import sys
 
+from oslo_config import cfg
 from oslo_log import log as logging
 from oslo_service import backend
 
@@ -18,6 +19,7 @@ from oslo_service import service  # noqa: E402
 from scaph_openstack.agent import plugins  # noqa: E402
 from scaph_openstack.agent import tick  # noqa: E402
 from scaph_openstack import conf as scaph_conf  # noqa: E402
+from scaph_openstack import fileutil  # noqa: E402
 from scaph_openstack import ledger  # noqa: E402
 from scaph_openstack import privsep  # noqa: E402
 
@@ -27,6 +29,20 @@ LEDGER_FILE = 'ledger.json'
 
 def ledger_path(conf):
     return os.path.join(conf.agent.state_dir, LEDGER_FILE)
+
+
+def remove_stale_temporaries(conf):
+    """A kill -9 between write and rename leaves a temporary file, in a
+    guest's share too: clear those of dead writers before the first tick."""
+    places = ((conf.agent.state_dir, False),
+              (os.path.dirname(conf.snapshot.path), False),
+              (conf.share.work_dir, True))
+    for directory, recursive in places:
+        if os.path.isdir(directory):
+            removed = fileutil.remove_stale_temporaries(directory, recursive)
+            if removed:
+                LOG.info('Removed %d temporary files a previous agent left '
+                         'in %s', removed, directory)
 
 
 def build_ticker(conf):
@@ -62,6 +78,8 @@ class AgentService(service.Service):
         super().start()
         privsep.start_if_root()
         self.ticker = build_ticker(self.conf)
+        # After the publishers started: the share tmpfs is mounted now.
+        remove_stale_temporaries(self.conf)
         LOG.info('Agent ticking every %.1fs: energy=%s inventory=%s '
                  'publishers=%s', self.conf.agent.interval,
                  self.ticker.energy.name, self.ticker.inventory.name,
@@ -79,6 +97,7 @@ class AgentService(service.Service):
     def stop(self, graceful=False):
         if self.timer is not None:
             self.timer.stop()
+            self.timer.wait()   # the tick in flight finishes its writes
         if self.ticker is not None:
             for publisher in self.ticker.publishers:
                 publisher.stop()
@@ -95,7 +114,12 @@ def prepare(argv, conf=scaph_conf.CONF):
 
 
 def main(argv=None):
-    conf = prepare(sys.argv[1:] if argv is None else argv)
+    try:
+        conf = prepare(sys.argv[1:] if argv is None else argv)
+    except (cfg.Error, OSError) as exc:
+        sys.stderr.write('scaph-openstack-agent: unusable configuration: '
+                         '%s\n' % exc)
+        return 2
     launcher = service.ServiceLauncher(conf, restart_method='mutate')
     launcher.launch_service(AgentService(conf))
     return launcher.wait()

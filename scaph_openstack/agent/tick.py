@@ -43,6 +43,7 @@ class Baseline:
     zones: dict        # zone name -> ZoneReading
     host_busy_ns: int
     cpu_ns: dict       # instance uuid -> cumulative CPU ns
+    zone_times: dict   # zone name -> monotonic time of its last reading
 
 
 def instance_cpu_delta(previous_ns, current_ns):
@@ -95,10 +96,18 @@ class Ticker:
 
     # -- reading -----------------------------------------------------------
     def _read_inputs(self):
-        """(EnergyReading, HostCpuTime, instances) or None if unusable."""
+        """(EnergyReading, monotonic and wall time of that reading,
+        HostCpuTime, instances) or None if unusable."""
         try:
             reading = self.energy.read()
+            # The interval is the energy's: a slow inventory call (libvirtd
+            # hanging) must not stretch it, or power and wrap estimates
+            # would be computed over time the energy does not cover.
+            now, wall = self.clock(), self.wallclock()
             self.states.recovered('energy', 'Energy source readable again')
+            for zone in reading.zones:
+                self.states.recovered('zone-' + zone.name,
+                                      'Zone %s readable again', zone.name)
             for zone, error in reading.errors.items():
                 self.states.failed('zone-' + zone, 'Zone %s unreadable, '
                                    'skipped until it reads again: %s',
@@ -117,22 +126,25 @@ class Ticker:
                                'attribution paused (no energy is lost: the '
                                'next good tick covers the gap): %s', exc)
             return None
-        return reading, host_cpu, instances
+        return reading, now, wall, host_cpu, instances
 
     # -- deltas ------------------------------------------------------------
-    def _zone_deltas(self, reading, interval_s):
+    def _zone_deltas(self, reading, now):
         deltas = []
         for zone in reading.zones:
             previous = self.baseline.zones.get(zone.name)
             if previous is None:
                 continue
+            # Since this zone's own last reading: it may have been
+            # unreadable for several ticks.
+            elapsed = now - self.baseline.zone_times[zone.name]
             expected = None
             record = self.ledger.zones.get(zone.name)
-            if record is not None and interval_s > 2 * \
+            if record is not None and elapsed > 2 * \
                     self.configured_interval_s:
                 # A long pause can hide more than one wrap; recent power
                 # tells how many (energy_base.counter_delta).
-                expected = record.power_w * interval_s * 1e6
+                expected = record.power_w * elapsed * 1e6
             deltas.append(attribution_base.ZoneDelta(
                 zone.name, zone.kind, zone.socket,
                 energy_base.counter_delta(previous.energy_uj, zone.energy_uj,
@@ -155,15 +167,13 @@ class Ticker:
         inputs = self._read_inputs()
         if inputs is None:
             return None
-        reading, host_cpu, instances = inputs
-        now = self.clock()
-        wall = self.wallclock()
+        reading, now, wall, host_cpu, instances = inputs
         self.source = reading.source
         if self.baseline is None:
             interval, splits, zones = 0.0, (), ()
         else:
             interval = now - self.baseline.monotonic
-            zones = self._zone_deltas(reading, interval)
+            zones = self._zone_deltas(reading, now)
             splits = self.attribution.split(
                 zones, interval,
                 max(0, host_cpu.busy_ns - self.baseline.host_busy_ns),
@@ -192,10 +202,13 @@ class Ticker:
                      for z in reading.zones)
 
     def _new_baseline(self, now, reading, host_cpu, instances):
+        # Unreadable zones keep their last reading and its time.
         zones = dict(self.baseline.zones) if self.baseline else {}
-        zones.update(reading.by_name())  # unreadable zones keep old values
+        times = dict(self.baseline.zone_times) if self.baseline else {}
+        zones.update(reading.by_name())
+        times.update((zone.name, now) for zone in reading.zones)
         return Baseline(now, zones, host_cpu.busy_ns,
-                        {i.uuid: i.cpu_time_ns for i in instances})
+                        {i.uuid: i.cpu_time_ns for i in instances}, times)
 
     def _persist(self):
         # Publishing a value the disk does not hold could let a guest see

@@ -73,7 +73,7 @@ OPTS = [
              'does: guests resumed at host boot may start before the '
              'agent. Disable when systemd mount units provide them.'),
     cfg.StrOpt(
-        'tmpfs_size', default='64m',
+        'tmpfs_size', default='128m',
         help='Size of the work_dir tmpfs when nova-compute mounts it '
              '(same as the agent\'s [share] tmpfs_size).'),
     cfg.StrOpt(

@@ -12,8 +12,11 @@ OPTS = [
                 help='Mount the tmpfs and its read-only view at agent '
                      'start (through privsep). Disable when systemd mount '
                      'units do it.'),
-    cfg.StrOpt('tmpfs_size', default='64m',
-               help='Size limit of the tmpfs (about 2 KiB per instance).'),
+    cfg.StrOpt('tmpfs_size', default='128m',
+               help='Size limit of the tmpfs. Each instance takes about '
+                    '28 KiB (7 small files, one page each): 128m holds '
+                    'about 4500 instances. Pages are used only when '
+                    'written.'),
     cfg.StrOpt('tag', default='scaphandre',
                help='virtiofs (or 9p) tag the guest mounts; used by '
                     '"scaph-openstack attach" and "proxmox-args".'),

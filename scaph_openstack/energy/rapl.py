@@ -77,6 +77,7 @@ class RaplSource(base.EnergySource):
         self.powercap_path = powercap_path
         self.privileged_reader = privileged_reader
         self._identities = {}
+        self._max_ranges = {}
         self._zone_dirs = discover_zone_dirs(powercap_path)
         if not self._zone_dirs:
             raise base.EnergySourceError(
@@ -107,9 +108,15 @@ class RaplSource(base.EnergySource):
         name, kind, socket = self._identity(dirname)
         energy_path = os.path.join(zone_dir, 'energy_uj')
         energy = _parse_uj(self._read_counter(energy_path), energy_path)
-        range_path = os.path.join(zone_dir, 'max_energy_range_uj')
-        max_range = _parse_uj(_read_text(range_path), range_path)
-        return base.ZoneReading(name, kind, socket, energy, max_range)
+        return base.ZoneReading(name, kind, socket, energy,
+                                self._max_range(zone_dir, dirname))
+
+    def _max_range(self, zone_dir, dirname):
+        # Constant for a zone: read once, not every tick.
+        if dirname not in self._max_ranges:
+            path = os.path.join(zone_dir, 'max_energy_range_uj')
+            self._max_ranges[dirname] = _parse_uj(_read_text(path), path)
+        return self._max_ranges[dirname]
 
     def check_readable(self):
         """Raise UnreadableCounter naming the first file we cannot read."""

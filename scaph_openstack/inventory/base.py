@@ -2,6 +2,7 @@
 
 import abc
 import dataclasses
+import functools
 
 
 class InventoryUnavailable(Exception):
@@ -27,8 +28,14 @@ class InstanceIdentity:
     memory_mb: int | None = None
     nova: bool = False
 
+    @functools.cached_property
+    def _fields(self):
+        # Identities are frozen and published every tick: convert once.
+        return {f.name: getattr(self, f.name)
+                for f in dataclasses.fields(self)}
+
     def as_dict(self):
-        return dataclasses.asdict(self)
+        return dict(self._fields)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,9 +26,9 @@ class SharePublisher(base.Publisher):
     name = 'share'
 
     def __init__(self, work_dir, export_dir=None, manage_mounts=False,
-                 tmpfs_size='64m', min_interval=10.0, resolution_uj=1000000,
+                 tmpfs_size='128m', min_interval=10.0, resolution_uj=1000000,
                  retention_s=86400, clock=time.monotonic):
-        self.tree = tree.ShareTree(work_dir)
+        self.tree = tree.ShareTree(work_dir, keep_open=True)
         self.work_dir = work_dir
         self.export_dir = export_dir
         self.manage_mounts = manage_mounts
@@ -56,19 +56,34 @@ class SharePublisher(base.Publisher):
         else:
             os.makedirs(self.work_dir, exist_ok=True)
 
+    def stop(self):
+        self.tree.close()
+
     def _due(self, uuid, now):
         last = self._last_write.get(uuid)
         return last is None or now - last >= self.min_interval
 
     def _files(self, uuid, record, report, with_dram):
-        package = layout.quantise(record.kind_total('package'),
+        """What changed since this process last wrote the tree: the whole
+        tree the first time, then only counters that moved, and the meta
+        file (its time says the agent is alive)."""
+        totals = record.kind_totals()
+        package = layout.quantise(totals.get('package', 0),
                                   self.resolution_uj)
-        dram = (layout.quantise(record.kind_total('dram'),
-                                self.resolution_uj) if with_dram else None)
+        dram = (layout.quantise(totals.get('dram', 0), self.resolution_uj)
+                if with_dram else None)
+        last = self._last_values.get(uuid)
         files = {}
-        if self._last_values.get(uuid) != (package, dram):
+        if last is None or (last[1] is None) != (dram is None):
             files.update(layout.zone_files(package, dram))
-            self._last_values[uuid] = (package, dram)
+        elif last != (package, dram):
+            changed = layout.counter_files(package, dram)
+            if package == last[0]:
+                del changed[(layout.PACKAGE_DIR, 'energy_uj')]
+            if dram == last[1]:
+                changed.pop((layout.DRAM_DIR, 'energy_uj'), None)
+            files.update(changed)
+        self._last_values[uuid] = (package, dram)
         files[('', layout.META_FILE)] = layout.meta_file(
             layout.meta_document(
                 uuid, report.time,
@@ -78,6 +93,11 @@ class SharePublisher(base.Publisher):
 
     def publish(self, report):
         now = self.clock()
+        if self.tree.refresh():
+            # work_dir is another directory now (tmpfs mounted over it):
+            # everything must be written again.
+            self._last_values.clear()
+            self._last_write.clear()
         with_dram = report.ledger.has_kind('dram')
         for uuid, record in report.ledger.instances.items():
             # Stopped instances are written once per agent lifetime: after
@@ -93,6 +113,7 @@ class SharePublisher(base.Publisher):
                 # One broken tree (a full tmpfs, something planted in it)
                 # must not stop the other instances' updates.
                 self._last_values.pop(uuid, None)
+                self.tree.forget(uuid)
                 if uuid not in self._failing:
                     LOG.warning('Cannot update the share of %s: %s',
                                 uuid, exc)

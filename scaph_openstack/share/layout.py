@@ -50,19 +50,32 @@ def _number(value):
     return b'%d\n' % value
 
 
-def zone_files(package_uj, dram_uj=None):
-    """{(directory, file name): bytes} for the counters."""
+def constant_files(with_dram=False):
+    """The files that never change once written: names and ranges."""
     files = {
         (PACKAGE_DIR, 'name'): b'package-0\n',
-        (PACKAGE_DIR, 'energy_uj'): _number(package_uj),
         (PACKAGE_DIR, 'max_energy_range_uj'): _number(MAX_ENERGY_RANGE_UJ),
     }
-    if dram_uj is not None:
+    if with_dram:
         files.update({
             (DRAM_DIR, 'name'): b'dram\n',
-            (DRAM_DIR, 'energy_uj'): _number(dram_uj),
             (DRAM_DIR, 'max_energy_range_uj'): _number(MAX_ENERGY_RANGE_UJ),
         })
+    return files
+
+
+def counter_files(package_uj, dram_uj=None):
+    """The energy_uj files (dram only when the host has DRAM zones)."""
+    files = {(PACKAGE_DIR, 'energy_uj'): _number(package_uj)}
+    if dram_uj is not None:
+        files[(DRAM_DIR, 'energy_uj')] = _number(dram_uj)
+    return files
+
+
+def zone_files(package_uj, dram_uj=None):
+    """{(directory, file name): bytes}: the whole counter tree."""
+    files = constant_files(dram_uj is not None)
+    files.update(counter_files(package_uj, dram_uj))
     return files
 
 

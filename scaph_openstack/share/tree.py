@@ -7,7 +7,6 @@ descriptors opened with O_NOFOLLOW, so a symlink planted in the tree
 followed. Files are 0444 and directories 0555: the agent writes as root.
 """
 
-import contextlib
 import errno
 import os
 import shutil
@@ -17,22 +16,63 @@ from scaph_openstack.share import layout
 
 
 class ShareTree:
+    """Instance trees under ``root``.
 
-    def __init__(self, root):
+    With ``keep_open`` the root directory stays open between calls (a tick
+    writes hundreds of trees); ``refresh()`` reopens it when ``root`` is no
+    longer the same directory (a tmpfs mounted over it since). Directories
+    this object made are remembered so a tick does not retry mkdir on each; ``forget(uuid)`` drops that memory after a failure.
+    """
+
+    def __init__(self, root, keep_open=False):
         self.root = root
+        # Only a long-lived writer (the share publisher) keeps the root
+        # open: a one-shot caller must not pin the mount (umount: busy).
+        self.keep_open = keep_open
+        self._root_fd = None
+        self._made = set()          # (dirname, subdir) known to exist
 
-    @contextlib.contextmanager
-    def _root_fd(self):
-        with fileutil.opened_dir(self.root) as fd:
-            yield fd
+    def _root(self):
+        if self._root_fd is None:
+            self._root_fd = fileutil.open_dir(self.root)
+        return self._root_fd
 
-    @staticmethod
-    def _ensure_subdir(parent_fd, name):
+    def _done(self):
+        if not self.keep_open:
+            self.close()
+
+    def refresh(self):
+        """True when the open root was stale and has been let go."""
+        if self._root_fd is None:
+            return False
         try:
-            os.mkdir(name, layout.DIR_MODE, dir_fd=parent_fd)
-            os.chmod(name, layout.DIR_MODE, dir_fd=parent_fd)  # vs. umask
-        except FileExistsError:
+            now = os.stat(self.root, follow_symlinks=False)
+            held = os.fstat(self._root_fd)
+            if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+                return False
+        except OSError:
             pass
+        self.close()
+        return True
+
+    def close(self):
+        if self._root_fd is not None:
+            os.close(self._root_fd)
+        self._root_fd = None
+        self._made.clear()
+
+    def forget(self, uuid):
+        self._made = {key for key in self._made if key[0] != uuid}
+
+    def _subdir(self, parent_fd, dirname, subdir):
+        name = subdir or dirname
+        if (dirname, subdir) not in self._made:
+            try:
+                os.mkdir(name, layout.DIR_MODE, dir_fd=parent_fd)
+                os.chmod(name, layout.DIR_MODE, dir_fd=parent_fd)  # umask
+            except FileExistsError:
+                pass
+            self._made.add((dirname, subdir))
         return fileutil.open_dir(name, dir_fd=parent_fd)
 
     def write_instance(self, uuid, files, only_missing=False):
@@ -45,28 +85,23 @@ class ShareTree:
         by_dir = {}
         for (subdir, name), data in files.items():
             by_dir.setdefault(subdir, {})[name] = data
-        with self._root_fd() as root_fd:
-            instance_fd = self._ensure_subdir(root_fd, dirname)
-            try:
-                for subdir, subfiles in sorted(by_dir.items()):
-                    self._write_dir(instance_fd, subdir, subfiles,
-                                    only_missing)
-            finally:
-                os.close(instance_fd)
-
-    def _write_dir(self, instance_fd, subdir, files, only_missing):
-        fd = (self._ensure_subdir(instance_fd, subdir) if subdir
-              else os.dup(instance_fd))
+        instance_fd = self._subdir(self._root(), dirname, '')
         try:
-            for name, data in files.items():
-                if only_missing and _exists(fd, name):
-                    continue
-                fileutil.replace_at(fd, name, data, mode=layout.FILE_MODE)
+            for subdir, subfiles in sorted(by_dir.items()):
+                fd = (self._subdir(instance_fd, dirname, subdir) if subdir
+                      else instance_fd)
+                try:
+                    _write_files(fd, subfiles, only_missing)
+                finally:
+                    if fd != instance_fd:
+                        os.close(fd)
         finally:
-            os.close(fd)
+            os.close(instance_fd)
+            self._done()
 
     def remove_instance(self, uuid):
         dirname = layout.instance_dir_name(uuid)
+        self.forget(dirname)
         path = os.path.join(self.root, dirname)
         # rmtree uses fd-based, symlink-safe traversal on Linux.
         shutil.rmtree(path, ignore_errors=False,
@@ -82,6 +117,13 @@ class ShareTree:
                     found.append((entry.name,
                                   entry.stat(follow_symlinks=False).st_mtime))
         return found
+
+
+def _write_files(dir_fd, files, only_missing):
+    for name, data in files.items():
+        if only_missing and _exists(dir_fd, name):
+            continue
+        fileutil.replace_at(dir_fd, name, data, mode=layout.FILE_MODE)
 
 
 def _exists(dir_fd, name):

@@ -206,3 +206,35 @@ def test_stopped_instances_get_their_tree_back_after_a_host_reboot(
     clock.now += 100
     pub.publish(make_report(ledger))       # once per lifetime, not again
     assert not path.exists()
+
+
+def test_only_moved_counters_are_rewritten(tmp_path):
+    pub, clock = publisher(tmp_path, min_interval=0, resolution_uj=1)
+    ledger = make_ledger(10, 5)
+    pub.publish(make_report(ledger))
+    base = tmp_path / UUID
+
+    def inode(*parts):
+        return os.stat(base.joinpath(*parts)).st_ino
+
+    before = {p: inode(*p) for p in [
+        ('intel-rapl:0', 'name'), ('intel-rapl:0', 'energy_uj'),
+        ('intel-rapl:0:0', 'energy_uj'), ('intel-rapl:0:0', 'name')]}
+    ledger.instances[UUID].energy_uj['package-0'] = 11
+    pub.publish(make_report(ledger))
+    after = {p: inode(*p) for p in before}
+    changed = {p for p in before if before[p] != after[p]}
+    assert changed == {('intel-rapl:0', 'energy_uj')}
+    assert read_like_scaphandre(base) == {'package': 11, 'dram': 5}
+
+
+def test_a_tmpfs_mounted_over_the_root_gets_whole_trees(tmp_path):
+    root = tmp_path / 'root'
+    root.mkdir()
+    pub, _ = publisher(root, min_interval=0, resolution_uj=1)
+    ledger = make_ledger(10)
+    pub.publish(make_report(ledger))
+    os.rename(root, tmp_path / 'old')   # what a mount over root looks like
+    root.mkdir()
+    pub.publish(make_report(ledger))
+    assert read_like_scaphandre(root / UUID) == {'package': 10}
