@@ -21,7 +21,8 @@ class ShareTree:
     With ``keep_open`` the root directory stays open between calls (a tick
     writes hundreds of trees); ``refresh()`` reopens it when ``root`` is no
     longer the same directory (a tmpfs mounted over it since). Directories
-    this object made are remembered so a tick does not retry mkdir on each; ``forget(uuid)`` drops that memory after a failure.
+    this object made are remembered, so a tick does not retry mkdir on
+    each; ``forget(uuid)`` drops that memory after a failure.
     """
 
     def __init__(self, root, keep_open=False):
