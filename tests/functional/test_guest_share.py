@@ -12,10 +12,12 @@ import os
 import subprocess
 import sys
 import threading
+import xml.etree.ElementTree as ET
 
 import pytest
 import yaml
 
+from scaph_openstack import privsep
 from scaph_openstack.privsep import mounts
 from scaph_openstack.share import layout
 from scaph_openstack.share import tree
@@ -24,10 +26,12 @@ from tests.functional.helpers import agent as agent_helper
 from tests.functional.helpers import guest as guest_helper
 from tests.functional.helpers import libvirtd
 from tests.functional.helpers import rapl
+from tests.functional.nova import harness as nova_harness
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 CLOUD_INIT = os.path.join(ROOT, 'etc', 'cloud-init', 'scaphandre-share.yaml')
+NOVA_NS = 'http://openstack.org/xmlns/libvirt/nova/1.1'
 OTHER = '0ther000-0000-4000-8000-000000000000'
 WRITE_PROBES = ('write-existing', 'append', 'truncate', 'chmod', 'create',
                 'mkdir', 'symlink', 'hardlink', 'mkfifo', 'rename', 'fill',
@@ -137,3 +141,73 @@ def test_guest_reads_its_energy_and_cannot_touch_the_share(
     # nothing the guest tried reached the host tree
     assert sorted(os.listdir(os.path.join(work, guest.uuid))) == \
         sorted([layout.PACKAGE_DIR, layout.DRAM_DIR, layout.META_FILE])
+
+
+# Devices of Nova's XML that need host resources this test does not have
+# (disk images, a VNC port, a pty console): replaced by the test guest's
+# kernel boot and file serial. Everything else is Nova's, as generated.
+HOST_BOUND = ('disk', 'interface', 'serial', 'console', 'graphics', 'video')
+
+
+def boot_nova_xml(nova_xml, share_dir):
+    """A transform turning the test guest's XML into Nova's XML that
+    boots our kernel: Nova's UUID (also in its sysinfo), memory backing,
+    metadata, features and virtiofs filesystem are kept as generated."""
+    def transform(ours_xml):
+        nova = ET.fromstring(nova_xml)
+        ours = ET.fromstring(ours_xml)
+        for tag in ('name', 'description', 'os', 'on_reboot'):
+            replace_child(nova, ours, tag)
+        devices = nova.find('devices')
+        for device in list(devices):
+            if device.tag in HOST_BOUND:
+                devices.remove(device)
+        devices.append(ours.find('devices/serial'))
+        for fs in devices.iterfind('filesystem'):
+            fs.find('source').set('dir', share_dir)
+        return ET.tostring(nova, encoding='unicode')
+    return transform
+
+
+def replace_child(target, source, tag):
+    old, new = target.find(tag), source.find(tag)
+    if old is not None:
+        target.remove(old)
+    if new is not None:
+        target.insert(0, new)
+
+
+def test_nova_generated_xml_boots_and_the_guest_reads_its_share(
+        agent_with_share):
+    """The XML scaphandre.LibvirtDriver made for a server booted through
+    the Nova API (Nova's own functional harness), defined and started in
+    the real libvirtd: Nova's memfd backing and virtiofs device work, the
+    agent names the instance from Nova's metadata, the guest reads it."""
+    agent, work, export = agent_with_share
+    privsep.start_if_root()     # the hook's share creation runs there
+    nova_xml = nova_harness.domain_xml(virt_type='qemu')
+    nova_root = ET.fromstring(nova_xml)
+    nova_name = nova_root.findtext(
+        'metadata/{%s}instance/{%s}name' % (NOVA_NS, NOVA_NS))
+    tag, mountpoint, fstype, options = cloud_init_mount()
+    guest = guest_helper.Guest(
+        label='nova-xml', uuid=nova_root.findtext('uuid'),
+        before_create=lambda g: mounts.create_instance_share(work, g.uuid),
+        cmdline_params={'tag': tag, 'mnt': mountpoint, 'fstype': fstype,
+                        'opts': options, 'period': 1})
+    guest.xml_transform = boot_nova_xml(
+        nova_xml, os.path.join(export, guest.uuid))
+    with guest:
+        defined = ET.fromstring(guest.domain().XMLDesc(0))
+        assert defined.find('memoryBacking/source').get('type') == 'memfd'
+        assert defined.find('memoryBacking/access').get('mode') == 'shared'
+        guest.wait_for(r'SCAPH-MOUNT ok', timeout=120)
+        first = guest.line_count()
+        guest.wait_for_read(lambda r: r.line_no > first and r.int() > 0,
+                            timeout=120)
+        snap = agent.wait_for_snapshot(
+            lambda s: any(i['uuid'] == guest.uuid and i['total_uj'] > 0
+                          for i in s.instances), timeout=60)
+    (item,) = [i for i in snap.instances if i['uuid'] == guest.uuid]
+    assert item['nova'] and item['display_name'] == nova_name
+    assert item['flavor'] and item['memory_mb'] == 512

@@ -404,9 +404,11 @@ class Guest:
     def __init__(self, share_dir=None, cmdline_params=None, name=None,
                  uuid=None, label='', uri=libvirtd.DEFAULT_URI,
                  flavour='cloud', log_dir=None, persistent=True,
-                 before_create=None, **xml_kwargs):
+                 before_create=None, xml_transform=None, **xml_kwargs):
         self.uri = uri
         self.before_create = before_create
+        # xml -> xml, applied to the generated domain before it is defined
+        self.xml_transform = xml_transform
         self.name = name or unique_name(label)
         self.uuid = str(uuid or uuidlib.uuid4())
         self.share_dir = share_dir
@@ -468,6 +470,8 @@ class Guest:
                               self.serial_log, self.cmdline_params,
                               share_dir=self.share_dir,
                               description=_owner_tag(), **self.xml_kwargs)
+        if self.xml_transform is not None:
+            self.xml = self.xml_transform(self.xml)
         _LIVE_GUESTS.add(self)
         conn = self.conn()
         try:
