@@ -19,7 +19,6 @@ The agent is built the way scaph-openstack-agent builds it
 Then the floor loop runs in the same process, and the peak RSS is read.
 """
 
-import json
 import os
 import statistics
 import sys
@@ -359,15 +358,5 @@ def run(params):
     }
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    with open(argv[0]) as f:
-        params = json.load(f)
-    result = run(params)
-    with open(argv[1], 'w') as f:
-        json.dump(result, f)
-    return 0
-
-
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(fixtures.worker_main(run))

@@ -20,7 +20,6 @@ mode libvirtd's CPU time is measured too, since every libvirt call of the
 ``cpu`` pollster is an RPC it serves.
 """
 
-import json
 import sys
 import time
 
@@ -158,15 +157,5 @@ def run(params):
             'zones': len(ticker.ledger.zones)}
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    with open(argv[0]) as f:
-        params = json.load(f)
-    result = run(params)
-    with open(argv[1], 'w') as f:
-        json.dump(result, f)
-    return 0
-
-
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(fixtures.worker_main(run))

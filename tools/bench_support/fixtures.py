@@ -9,10 +9,12 @@
 
 import contextlib
 import datetime
+import json
 import os
 import platform
 import random
 import shutil
+import sys
 import tempfile
 
 INTEL_RANGE = 262143328850
@@ -247,3 +249,14 @@ def cpu_ns_of(pids):
                         total += int(f.read().split()[0])
     return total
 
+
+
+def worker_main(run, argv=None):
+    """A bench worker's entry: params JSON in argv[0], result to argv[1]."""
+    argv = sys.argv[1:] if argv is None else argv
+    with open(argv[0]) as f:
+        params = json.load(f)
+    result = run(params)
+    with open(argv[1], 'w') as f:
+        json.dump(result, f)
+    return 0

@@ -175,18 +175,8 @@ def signal_group(proc, sig):
 
 def children(pid):
     """PIDs whose parent is ``pid`` (zombies left out)."""
-    found = []
-    for entry in os.listdir('/proc'):
-        if not entry.isdigit():
-            continue
-        try:
-            with open('/proc/%s/stat' % entry) as f:
-                fields = f.read().rsplit(')', 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] != 'Z' and int(fields[1]) == pid:
-            found.append(int(entry))
-    return found
+    return [child for child, parent, _group in
+            agent_helper.live_processes() if parent == pid]
 
 
 def worker_pid(agent, timeout=10):

@@ -63,9 +63,9 @@ def write_config(path, sections):
     return path
 
 
-def _group_alive(pgid):
-    """True while a process of group ``pgid`` is alive (zombies are not:
-    PID 1 of a container may be slow to reap them)."""
+def live_processes():
+    """(pid, ppid, pgid) of every process alive now. Zombies are left
+    out: PID 1 of a container may be slow to reap them."""
     for entry in os.listdir('/proc'):
         if not entry.isdigit():
             continue
@@ -74,9 +74,13 @@ def _group_alive(pgid):
                 fields = f.read().rsplit(')', 1)[1].split()
         except (OSError, IndexError):
             continue
-        if fields[0] != 'Z' and int(fields[2]) == pgid:
-            return True
-    return False
+        if fields[0] != 'Z':
+            yield int(entry), int(fields[1]), int(fields[2])
+
+
+def _group_alive(pgid):
+    """True while a process of group ``pgid`` is alive."""
+    return any(group == pgid for _pid, _ppid, group in live_processes())
 
 
 class ProcessError(AssertionError):
