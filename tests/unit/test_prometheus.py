@@ -1,0 +1,54 @@
+import socket
+import urllib.request
+
+from prometheus_client import parser
+
+from scaph_openstack.publishers import prometheus
+from tests.unit import test_share
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_metrics_endpoint_serves_the_ledger():
+    port = free_port()
+    publisher = prometheus.PrometheusPublisher('127.0.0.1', port)
+    publisher.start()
+    try:
+        ledger = test_share.make_ledger(2_500_000, 500_000)
+        record = ledger.instances[test_share.UUID]
+        record.power_w = 1.5
+        ledger.zones['package-0'].measured_uj = 9_000_000
+        ledger.zones['package-0'].residual_uj = 1_000_000
+        publisher.publish(test_share.make_report(ledger))
+        with urllib.request.urlopen(
+                'http://127.0.0.1:%d/metrics' % port, timeout=5) as resp:
+            text = resp.read().decode()
+    finally:
+        publisher.stop()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in parser.text_string_to_metric_families(text)
+               for s in family.samples}
+    by_name = {}
+    for (name, labels), value in samples.items():
+        by_name.setdefault(name, []).append((dict(labels), value))
+    [(labels, joules)] = by_name['scaph_instance_energy_joules_total']
+    assert joules == 3.0
+    assert labels['instance_uuid'] == test_share.UUID
+    assert labels['source'] == 'simulated'
+    [(_, watts)] = by_name['scaph_instance_power_watts']
+    assert watts == 1.5
+    zones = {lab['zone']: v for lab, v in
+             by_name['scaph_host_zone_energy_joules_total']}
+    assert zones['package-0'] == 9.0
+    parts = {(lab['zone'], lab['part']): v for lab, v in
+             by_name['scaph_host_zone_unattributed_energy_joules_total']}
+    assert parts[('package-0', 'residual')] == 1.0
+
+
+def test_nothing_before_the_first_tick():
+    collector = prometheus.LedgerCollector()
+    assert list(collector.collect()) == []
