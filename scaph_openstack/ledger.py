@@ -53,9 +53,6 @@ class InstanceRecord:
             totals[kind] = totals.get(kind, 0) + value
         return totals
 
-    def kind_total(self, kind):
-        return self.kind_totals().get(kind, 0)
-
     @property
     def total_uj(self):
         return additive_total(self.kind_totals())

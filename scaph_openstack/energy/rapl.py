@@ -22,9 +22,7 @@ class UnreadableCounter(base.EnergySourceError):
     """energy_uj exists but this process may not read it."""
 
 
-def _read_text(path, opener=None):
-    if opener is not None:
-        return opener(path)
+def _read_text(path):
     with open(path, encoding='ascii', errors='replace') as f:
         return f.read()
 

@@ -75,11 +75,6 @@ def ensure_share_mounts(work_dir, export_dir, size):
 
 
 @privsep.sys_admin.entrypoint
-def remove_share_mounts(work_dir, export_dir):
-    remove_share_mounts_unprivileged(work_dir, export_dir)
-
-
-@privsep.sys_admin.entrypoint
 def create_instance_share(work_dir, uuid, with_dram=False):
     """For nova-compute: the instance's initial tree, before its domain
     starts, whether or not the agent runs. Present files are kept."""

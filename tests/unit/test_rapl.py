@@ -115,7 +115,7 @@ def test_privileged_reader_used_when_permission_denied(tmp_path,
     seen = []
     original = rapl._read_text
 
-    def deny_energy(path, opener=None):
+    def deny_energy(path):
         if path.endswith('energy_uj'):
             raise PermissionError(13, 'Permission denied', path)
         return original(path)
