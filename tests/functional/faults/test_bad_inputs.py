@@ -50,15 +50,19 @@ def fill(directory):
     return path
 
 
-def test_full_state_dir_pauses_publishing_and_loses_nothing(
-        make_rig, tmp_path, record_property):
-    build = make_rig
+def rig_on_tiny_state_dir(build, tmp_path):
+    """A rig whose state_dir is a 256 KiB tmpfs the test can fill."""
     state = str(tmp_path / 'state-tmpfs')
     os.makedirs(state)
     subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=256k,mode=0700',
                     'scaph-faults-state', state], check=True)
     build.mounts.append(state)
-    rig = build(state)
+    return build(state), state
+
+
+def test_full_state_dir_pauses_publishing_and_loses_nothing(
+        make_rig, tmp_path, record_property):
+    rig, state = rig_on_tiny_state_dir(make_rig, tmp_path)
     agent = rig.start()
     worker = support.worker_pid(agent)
     with rig.watcher() as watcher:
@@ -125,13 +129,7 @@ def test_kill_while_state_dir_full_never_lowers_a_published_counter(
     """Counting went on in memory while the disk was full; the agent is
     killed before it could save. The restarted agent starts from the
     ledger on disk, which is ahead of nothing a reader was shown."""
-    build = make_rig
-    state = str(tmp_path / 'state-tmpfs')
-    os.makedirs(state)
-    subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=256k,mode=0700',
-                    'scaph-faults-state', state], check=True)
-    build.mounts.append(state)
-    rig = build(state)
+    rig, state = rig_on_tiny_state_dir(make_rig, tmp_path)
     agent = rig.start()
     key = ('snapshot', rig.uuid, 'total_uj')
     share_key = ('energy', rig.share_file('intel-rapl:0', 'energy_uj'))

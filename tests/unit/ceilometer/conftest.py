@@ -3,6 +3,7 @@ import pytest
 from ceilometer import service
 
 from scaph_openstack.ceilometer import discovery
+from scaph_openstack import snapshot
 from scaph_openstack.conf import ceilometer as scaph_conf
 
 
@@ -31,3 +32,17 @@ def _fresh_health():
     discovery.HEALTH.reset()
     yield
     discovery.HEALTH.reset()
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """Counts snapshot.read calls (the file open and JSON parse)."""
+    calls = []
+    real = snapshot.read
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(snapshot, 'read', counting)
+    return calls

@@ -6,7 +6,6 @@ import os
 import time
 
 from ceilometer.compute import discovery as compute_discovery
-import pytest
 
 from scaph_openstack.ceilometer import discovery
 from scaph_openstack import snapshot
@@ -15,20 +14,6 @@ from tests.unit.ceilometer import test_pollsters
 
 ALL = test_pollsters.ALL_POLLSTERS
 LOGGER = 'scaph_openstack.ceilometer'
-
-
-@pytest.fixture
-def reads(monkeypatch):
-    """Counts snapshot.read calls (the file open and JSON parse)."""
-    calls = []
-    real = snapshot.read
-
-    def counting(*args, **kwargs):
-        calls.append(args)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(snapshot, 'read', counting)
-    return calls
 
 
 def one_cycle(conf, resources, cache=None, classes=ALL):

@@ -8,7 +8,6 @@ a cycle exactly as ceilometer-polling does (discovery cache, shared
 from ceilometer.polling import manager
 import pytest
 
-from scaph_openstack import snapshot
 from tests.unit.ceilometer import snapshots
 
 METERS = ('energy.instance', 'power.instance', 'energy.host.zone',
@@ -34,19 +33,6 @@ def polling_task(conf, tmp_path, monkeypatch):
     finally:
         conf.clear_override('cfg_file', group='polling')
         conf.clear_override('enable_notifications', group='polling')
-
-
-@pytest.fixture
-def reads(monkeypatch):
-    calls = []
-    real = snapshot.read
-
-    def counting(*args, **kwargs):
-        calls.append(args)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(snapshot, 'read', counting)
-    return calls
 
 
 def test_a_polling_cycle(conf, polling_task, reads):
