@@ -75,9 +75,10 @@ class Ledger:
         self.instances = {}
         self.zones = {}
 
-    def add_tick(self, splits, zone_deltas, identities, interval_s, now):
-        """Add one tick's ZoneSplits. ``identities``: uuid -> identity of
-        every instance running now."""
+    def add_tick(self, splits, zones, identities, interval_s, now):
+        """Add one tick's ZoneSplits. ``zones``: every zone read this tick
+        (anything with name, kind and socket, e.g. ZoneReading);
+        ``identities``: uuid -> identity of every instance running now."""
         for uuid, identity in identities.items():
             record = self.instances.get(uuid)
             if record is None:
@@ -89,9 +90,9 @@ class Ledger:
         for uuid in set(self.instances) - set(identities):
             self.instances[uuid].running = False
             self.instances[uuid].power_w = 0.0
-        for delta in zone_deltas:
-            self.zones.setdefault(delta.name, ZoneRecord(
-                delta.name, delta.kind, delta.socket))
+        for zone in zones:
+            self.zones.setdefault(zone.name, ZoneRecord(
+                zone.name, zone.kind, zone.socket))
         for split in splits:
             self._add_split(split, interval_s)
 

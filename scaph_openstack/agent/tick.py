@@ -178,7 +178,7 @@ class Ticker:
                 zones, interval,
                 max(0, host_cpu.busy_ns - self.baseline.host_busy_ns),
                 host_cpu.cpus, self._usage_deltas(instances), now)
-        self.ledger.add_tick(splits, self._all_zones(reading),
+        self.ledger.add_tick(splits, reading.zones,
                              {i.uuid: i.identity for i in instances},
                              interval, wall)
         expired = tuple(self.ledger.expire(wall, self.retention_s))
@@ -195,11 +195,6 @@ class Ticker:
             ledger=self.ledger, splits=splits, expired=expired)
         self._publish(report)
         return report
-
-    @staticmethod
-    def _all_zones(reading):
-        return tuple(attribution_base.ZoneDelta(z.name, z.kind, z.socket, 0)
-                     for z in reading.zones)
 
     def _new_baseline(self, now, reading, host_cpu, instances):
         # Unreadable zones keep their last reading and its time.
