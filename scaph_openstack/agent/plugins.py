@@ -30,10 +30,7 @@ def load(namespace, name, conf):
                                    invoke_on_load=False).driver
     except Exception as exc:
         raise PluginError('no plugin %r in %s: %s' % (name, namespace, exc))
-    module = inspect.getmodule(cls)
-    if hasattr(cls, 'from_conf'):
-        return cls.from_conf(conf)
-    return module.from_conf(conf)
+    return inspect.getmodule(cls).from_conf(conf)
 
 
 def energy_source(conf):

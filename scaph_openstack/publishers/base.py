@@ -7,10 +7,6 @@ class Publisher(abc.ABC):
 
     name = None
 
-    @classmethod
-    def from_conf(cls, conf):
-        return cls()
-
     def start(self):
         """Called once before the first tick (mounts, sockets, ...)."""
 

@@ -72,9 +72,6 @@ class PrometheusPublisher(base.Publisher):
         self.registry.register(self.collector)
         self._server = None
 
-    @classmethod
-    def from_conf(cls, conf):
-        return cls(conf.prometheus.listen_address, conf.prometheus.port)
 
     def start(self):
         self._server, _thread = exposition.start_http_server(
@@ -87,3 +84,8 @@ class PrometheusPublisher(base.Publisher):
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+
+
+def from_conf(conf):
+    return PrometheusPublisher(conf.prometheus.listen_address,
+                               conf.prometheus.port)

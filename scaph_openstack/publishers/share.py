@@ -42,12 +42,6 @@ class SharePublisher(base.Publisher):
         self._last_scan = None
         self._failing = set()
 
-    @classmethod
-    def from_conf(cls, conf):
-        return cls(conf.share.work_dir, conf.share.export_dir,
-                   conf.share.manage_mounts, conf.share.tmpfs_size,
-                   conf.share.min_interval, conf.share.resolution_uj,
-                   conf.agent.retention)
 
     def start(self):
         if self.manage_mounts:
@@ -149,3 +143,11 @@ class SharePublisher(base.Publisher):
                     report.time - mtime > self.retention_s:
                 LOG.info('Removing share of vanished instance %s', name)
                 self._forget(name)
+
+
+def from_conf(conf):
+    share = conf.share
+    return SharePublisher(share.work_dir, share.export_dir,
+                          share.manage_mounts, share.tmpfs_size,
+                          share.min_interval, share.resolution_uj,
+                          conf.agent.retention)

@@ -11,9 +11,10 @@ class SnapshotPublisher(base.Publisher):
     def __init__(self, path):
         self.path = path
 
-    @classmethod
-    def from_conf(cls, conf):
-        return cls(conf.snapshot.path)
 
     def publish(self, report):
         snapshot.write(self.path, snapshot.build(report))
+
+
+def from_conf(conf):
+    return SnapshotPublisher(conf.snapshot.path)
