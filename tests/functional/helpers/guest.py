@@ -129,7 +129,7 @@ def domain_xml(name, uuid, kernel, initrd, serial_log, cmdline_params=None,
                nova_metadata=None, extra_devices='', fs_driver='virtiofs',
                virtiofsd_binary='auto', readonly=False,
                kernel_args=DEFAULT_KERNEL_ARGS, description=None,
-               on_reboot='destroy'):
+               on_reboot='destroy', cpuset=None):
     """Libvirt XML of a TCG guest booting ``kernel``/``initrd`` directly.
 
     No disk, no network; serial console to the file ``serial_log``;
@@ -138,6 +138,8 @@ def domain_xml(name, uuid, kernel, initrd, serial_log, cmdline_params=None,
     with target ``tag``. ``nova_metadata`` (an XML fragment such as
     nova_metadata_xml() returns) goes under <metadata>. ``on_reboot``
     'destroy' stops the domain when the guest panics (panic=-1 reboots).
+    ``cpuset`` (e.g. '1' or '0-1') pins the guest: ``<vcpu cpuset=...>``
+    plus a ``<cputune>`` with every vcpupin and the emulatorpin on it.
     """
     devices = ["<serial type='file'>",
                '  <source path=%s/>' % quoteattr(serial_log),
@@ -161,7 +163,17 @@ def domain_xml(name, uuid, kernel, initrd, serial_log, cmdline_params=None,
         parts += ['  <metadata>', nova_metadata, '  </metadata>']
     parts += [
         "  <memory unit='MiB'>%d</memory>" % memory_mb,
-        '  <vcpu>%d</vcpu>' % vcpus,
+        '  <vcpu>%d</vcpu>' % vcpus if cpuset is None else
+        '  <vcpu cpuset=%s>%d</vcpu>' % (quoteattr(str(cpuset)), vcpus),
+    ]
+    if cpuset is not None:
+        parts.append('  <cputune>')
+        parts += ['    <vcpupin vcpu=%s cpuset=%s/>'
+                  % (quoteattr(str(v)), quoteattr(str(cpuset)))
+                  for v in range(vcpus)]
+        parts += ['    <emulatorpin cpuset=%s/>' % quoteattr(str(cpuset)),
+                  '  </cputune>']
+    parts += [
         '  <memoryBacking>',
         "    <source type='memfd'/>",
         "    <access mode='shared'/>",
