@@ -10,6 +10,7 @@ of what a restarted agent starts from.
 import dataclasses
 import functools
 import json
+import math
 
 from scaph_openstack import fileutil
 from scaph_openstack.inventory import base as inventory_base
@@ -39,11 +40,15 @@ def additive_total(kind_totals):
 @dataclasses.dataclass
 class InstanceRecord:
     identity: inventory_base.InstanceIdentity
+    # Per zone: everything attributed (idle part included), and the idle
+    # part alone; dynamic = energy - idle.
     energy_uj: dict[str, int] = dataclasses.field(default_factory=dict)
     first_seen: float = 0.0
     last_seen: float = 0.0
     power_w: float = 0.0
     running: bool = True
+    idle_uj: dict[str, int] = dataclasses.field(default_factory=dict)
+    placement: str = ''
 
     def kind_totals(self):
         """{kind: µJ} summed over the zones of each kind, in one pass."""
@@ -57,6 +62,16 @@ class InstanceRecord:
     def total_uj(self):
         return additive_total(self.kind_totals())
 
+    def idle_kind_totals(self):
+        totals = {}
+        for zone, value in self.idle_uj.items():
+            kind = zone_kind(zone)
+            totals[kind] = totals.get(kind, 0) + value
+        return totals
+
+    def reset_counters(self):
+        self.energy_uj, self.idle_uj, self.power_w = {}, {}, 0.0
+
 
 @dataclasses.dataclass
 class ZoneRecord:
@@ -67,6 +82,19 @@ class ZoneRecord:
     residual_uj: int = 0
     unallocated_idle_uj: int = 0
     power_w: float = 0.0
+    # Long-run average power: how many wraps a long pause hid.
+    avg_power_w: float = 0.0
+    idle_estimate_state: str = ''
+    idle_estimate_w: float = 0.0
+    scope: str = ''        # split by its socket's CPU time, or host-wide
+
+    def reset_counters(self):
+        self.measured_uj = self.residual_uj = self.unallocated_idle_uj = 0
+        self.power_w = self.avg_power_w = 0.0
+
+
+# Time constant of a zone's long-run average power (avg_power_w).
+AVERAGE_WINDOW_S = 900.0
 
 
 class Ledger:
@@ -74,11 +102,38 @@ class Ledger:
     def __init__(self):
         self.instances = {}
         self.zones = {}
+        # Counters of one energy source: simulated and rapl never add up
+        # in the same counters. A change of source starts a new epoch.
+        self.epoch = 1
+        self.epoch_started = None
+        self.source = None
+        self.previous_epochs = []
+        self.attribution_state = {}
 
-    def add_tick(self, splits, zones, identities, interval_s, now):
+    def new_epoch(self, source, now):
+        """Close the current epoch (its totals kept in previous_epochs)
+        and start counting from zero for ``source``."""
+        if self.source is not None:
+            self.previous_epochs.append({
+                'epoch': self.epoch, 'source': self.source,
+                'started': self.epoch_started, 'ended': now,
+                'measured_uj': {z.name: z.measured_uj
+                                for z in self.zones.values()}})
+            self.epoch += 1
+        self.source, self.epoch_started = source, now
+        for record in self.instances.values():
+            record.reset_counters()
+        for zone in self.zones.values():
+            zone.reset_counters()
+        self.attribution_state = {}
+
+    def add_tick(self, splits, zones, identities, interval_s, now,
+                 placements=None):
         """Add one tick's ZoneSplits. ``zones``: every zone read this tick
         (anything with name, kind and socket, e.g. ZoneReading);
-        ``identities``: uuid -> identity of every instance running now."""
+        ``identities``: uuid -> identity of every instance running now;
+        ``placements``: uuid -> how its CPU time was placed on sockets."""
+        placements = placements or {}
         for uuid, identity in identities.items():
             record = self.instances.get(uuid)
             if record is None:
@@ -87,6 +142,7 @@ class Ledger:
             record.identity, record.last_seen, record.running = \
                 identity, now, True
             record.power_w = 0.0
+            record.placement = placements.get(uuid, record.placement)
         for uuid in set(self.instances) - set(identities):
             self.instances[uuid].running = False
             self.instances[uuid].power_w = 0.0
@@ -102,6 +158,16 @@ class Ledger:
         zone.residual_uj += split.host_residual_uj
         zone.unallocated_idle_uj += split.unallocated_idle_uj
         zone.power_w = split.delta_uj / interval_s / 1e6 if interval_s else 0
+        if interval_s:
+            if not zone.avg_power_w:
+                zone.avg_power_w = zone.power_w
+            else:
+                weight = 1 - math.exp(-interval_s / AVERAGE_WINDOW_S)
+                zone.avg_power_w += (zone.power_w - zone.avg_power_w) * weight
+        if split.idle_estimate is not None:
+            zone.idle_estimate_state = split.idle_estimate.state
+            zone.idle_estimate_w = split.idle_estimate.watts
+        zone.scope = split.scope
         additive = zone.kind in ADDITIVE_KINDS
         for uuid, uj in split.instances.items():
             record = self.instances[uuid]
@@ -109,6 +175,9 @@ class Ledger:
                 record.energy_uj.get(split.zone, 0) + uj
             if additive and interval_s:
                 record.power_w += uj / interval_s / 1e6
+        for uuid, uj in split.idle_instances.items():
+            record = self.instances[uuid]
+            record.idle_uj[split.zone] = record.idle_uj.get(split.zone, 0) + uj
 
     def expire(self, now, retention):
         """Drop instances not seen for ``retention`` seconds; their UUIDs."""
@@ -124,6 +193,9 @@ class Ledger:
     def to_dict(self):
         return {
             'format': FORMAT, 'version': VERSION,
+            'epoch': self.epoch, 'epoch_started': self.epoch_started,
+            'source': self.source, 'previous_epochs': self.previous_epochs,
+            'attribution_state': self.attribution_state,
             'zones': [dataclasses.asdict(z) for z in self.zones.values()],
             # Built by hand: dataclasses.asdict deep-copies every record
             # and dominated the tick at 1000 instances (doc/performance.md).
@@ -131,7 +203,8 @@ class Ledger:
                 {'identity': r.identity.as_dict(),
                  'energy_uj': r.energy_uj, 'first_seen': r.first_seen,
                  'last_seen': r.last_seen, 'power_w': r.power_w,
-                 'running': r.running}
+                 'running': r.running, 'idle_uj': r.idle_uj,
+                 'placement': r.placement}
                 for r in self.instances.values()],
         }
 
@@ -140,6 +213,13 @@ class Ledger:
         if doc.get('format') != FORMAT or doc.get('version') != VERSION:
             raise LedgerError('not a version %d ledger' % VERSION)
         ledger = cls()
+        # Ledgers of the first release lack these: their source is
+        # unknown, and is taken from the first reading.
+        ledger.epoch = int(doc.get('epoch', 1))
+        ledger.epoch_started = doc.get('epoch_started')
+        ledger.source = doc.get('source')
+        ledger.previous_epochs = list(doc.get('previous_epochs', []))
+        ledger.attribution_state = dict(doc.get('attribution_state', {}))
         for zone in doc['zones']:
             ledger.zones[zone['name']] = ZoneRecord(**zone)
         for item in doc['instances']:

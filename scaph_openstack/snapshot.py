@@ -39,15 +39,36 @@ class SnapshotStale(SnapshotError):
 def _instance_doc(record):
     doc = record.identity.as_dict()
     totals = record.kind_totals()
+    total = ledger_mod.additive_total(totals)
+    idle = ledger_mod.additive_total(record.idle_kind_totals())
     doc.update(
         running=record.running,
         energy_uj=dict(sorted(record.energy_uj.items())),
+        dynamic_energy_uj={zone: uj - record.idle_uj.get(zone, 0)
+                           for zone, uj in sorted(record.energy_uj.items())},
+        idle_energy_uj={zone: record.idle_uj.get(zone, 0)
+                        for zone in sorted(record.energy_uj)},
         package_uj=totals.get('package', 0),
         dram_uj=totals.get('dram', 0),
-        total_uj=ledger_mod.additive_total(totals),
+        total_uj=total,
+        dynamic_uj=total - idle,
+        idle_uj=idle,
+        placement=record.placement or None,
         power_w=round(record.power_w, 6),
         first_seen=record.first_seen,
         last_seen=record.last_seen)
+    return doc
+
+
+def _zone_doc(zone, source):
+    doc = dataclasses.asdict(zone)
+    state = doc.pop('idle_estimate_state')
+    watts = doc.pop('idle_estimate_w')
+    doc.update(power_w=round(zone.power_w, 6),
+               avg_power_w=round(zone.avg_power_w, 6),
+               idle_estimate={'state': state or None,
+                              'watts': round(watts, 6)},
+               scope=zone.scope or None, source=source)
     return doc
 
 
@@ -65,7 +86,8 @@ def _host_totals(zones):
 
 def build(report):
     """The snapshot document for one TickReport."""
-    zones = list(report.ledger.zones.values())
+    led = report.ledger
+    zones = list(led.zones.values())
     return {
         'format': FORMAT,
         'version': VERSION,
@@ -77,11 +99,11 @@ def build(report):
         'source': report.source,
         'model': report.model,
         'idle_policy': report.idle_policy,
-        'zones': [dict(dataclasses.asdict(z), power_w=round(z.power_w, 6))
-                  for z in zones],
+        'epoch': getattr(led, 'epoch', 1),
+        'epoch_started': getattr(led, 'epoch_started', None),
+        'zones': [_zone_doc(z, report.source) for z in zones],
         'host_totals': _host_totals(zones),
-        'instances': [_instance_doc(r)
-                      for r in report.ledger.instances.values()],
+        'instances': [_instance_doc(r) for r in led.instances.values()],
     }
 
 

@@ -6,6 +6,7 @@ Runs on oslo.service's threading backend (eventlet is deprecated).
 import os
 import socket
 import sys
+import threading
 
 from oslo_config import cfg
 from oslo_log import log as logging
@@ -19,8 +20,10 @@ from oslo_service import service  # noqa: E402
 from scaph_openstack.agent import plugins  # noqa: E402
 from scaph_openstack.agent import tick  # noqa: E402
 from scaph_openstack import conf as scaph_conf  # noqa: E402
+from scaph_openstack.energy import base as energy_base  # noqa: E402
 from scaph_openstack import fileutil  # noqa: E402
 from scaph_openstack import ledger  # noqa: E402
+from scaph_openstack.inventory import topology  # noqa: E402
 from scaph_openstack import privsep  # noqa: E402
 
 LOG = logging.getLogger(__name__)
@@ -63,7 +66,9 @@ def build_ticker(conf):
         configured_interval_s=conf.agent.interval,
         stale_after_s=conf.agent.interval * conf.snapshot.stale_after,
         retention_s=conf.agent.retention,
-        proc_stat_path=conf.agent.proc_stat_path)
+        proc_stat_path=conf.agent.proc_stat_path,
+        topology=topology.read_topology(conf.agent.cpu_topology_path),
+        max_zone_power_w=conf.energy.max_zone_power)
 
 
 class AgentService(service.Service):
@@ -73,6 +78,8 @@ class AgentService(service.Service):
         self.conf = conf
         self.ticker = None
         self.timer = None
+        self.sampler = None
+        self._sampler_stop = threading.Event()
 
     def start(self):
         super().start()
@@ -87,6 +94,14 @@ class AgentService(service.Service):
         self.timer = loopingcall.FixedIntervalLoopingCall(self._tick)
         self.timer.start(interval=self.conf.agent.interval,
                          initial_delay=0, stop_on_exception=False)
+        self.sampler = threading.Thread(target=self._sample,
+                                        name='energy-sampler', daemon=True)
+        self.sampler.start()
+
+    def _sample(self):
+        period = self.conf.energy.sample_interval
+        while not self._sampler_stop.wait(period):
+            self.ticker.sample_if_due(period)
 
     def _tick(self):
         try:
@@ -95,6 +110,7 @@ class AgentService(service.Service):
             LOG.exception('Tick failed')
 
     def stop(self, graceful=False):
+        self._sampler_stop.set()
         if self.timer is not None:
             self.timer.stop()
             self.timer.wait()   # the tick in flight finishes its writes
@@ -119,6 +135,17 @@ def main(argv=None):
     except (cfg.Error, OSError) as exc:
         sys.stderr.write('scaph-openstack-agent: unusable configuration: '
                          '%s\n' % exc)
+        return 2
+    try:
+        # Checked before the service starts: a host without usable RAPL
+        # must not become a worker respawned forever.
+        if conf.energy.source == energy_base.SOURCE_RAPL:
+            plugins.energy_source(conf)
+    except (energy_base.EnergySourceError, plugins.PluginError) as exc:
+        sys.stderr.write('scaph-openstack-agent: no usable energy source: '
+                         '%s. On a host without RAPL, set [energy] source '
+                         '= auto (or simulated) to run on the documented '
+                         'model.\n' % exc)
         return 2
     launcher = service.ServiceLauncher(conf, restart_method='mutate')
     launcher.launch_service(AgentService(conf))

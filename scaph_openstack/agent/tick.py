@@ -1,13 +1,14 @@
 """One tick of the agent, free of any service framework.
 
-In order and exactly once each: read every energy zone, read host CPU
-time, list instances (one bulk call), compute deltas since the previous
-tick, split each zone's delta, add the split to the ledger, persist the
-ledger, hand the report to every publisher. Nothing reads back what a
-publisher wrote.
+In order and exactly once each: list instances (one bulk call), read every
+energy zone and the host's CPU time right after it, compute deltas since
+the previous tick, split each zone's delta, add the split to the ledger,
+persist the ledger, hand the report to every publisher. Nothing reads back
+what a publisher wrote.
 """
 
 import dataclasses
+import threading
 import time
 
 from oslo_log import log as logging
@@ -16,6 +17,7 @@ from scaph_openstack.attribution import base as attribution_base
 from scaph_openstack.energy import base as energy_base
 from scaph_openstack.inventory import base as inventory_base
 from scaph_openstack.inventory import hoststat
+from scaph_openstack.inventory import topology
 
 LOG = logging.getLogger(__name__)
 
@@ -40,10 +42,19 @@ class TickReport:
 class Baseline:
     """The previous tick's cumulative readings."""
     monotonic: float
-    zones: dict        # zone name -> ZoneReading
-    host_busy_ns: int
+    host_cpu: object   # hoststat.HostCpuTime
     cpu_ns: dict       # instance uuid -> cumulative CPU ns
-    zone_times: dict   # zone name -> monotonic time of its last reading
+
+
+@dataclasses.dataclass
+class ZoneCounter:
+    """One zone's last raw reading and the energy since the last tick."""
+    reading: object    # energy_base.ZoneReading
+    time: float        # monotonic time of that reading
+    pending_uj: int = 0
+    # When the pending energy started: the reading a tick last took.
+    # None until a tick saw this zone (it is then its baseline).
+    window_start: float | None = None
 
 
 def instance_cpu_delta(previous_ns, current_ns):
@@ -53,6 +64,26 @@ def instance_cpu_delta(previous_ns, current_ns):
     if current_ns < previous_ns:
         return current_ns
     return current_ns - previous_ns
+
+
+def socket_busy(previous, current, topology):
+    """{socket: busy ns} between two HostCpuTimes, {} without topology."""
+    if not topology:
+        return {}
+    busy = {}
+    for cpu, socket in topology.items():
+        before = previous.cpu_busy_ns.get(cpu)
+        after = current.cpu_busy_ns.get(cpu)
+        if before is not None and after is not None:
+            busy[socket] = busy.get(socket, 0) + max(0, after - before)
+    return busy
+
+
+def socket_cpus(topology):
+    cpus = {}
+    for socket in topology.values():
+        cpus[socket] = cpus.get(socket, 0) + 1
+    return cpus
 
 
 class StateChangeLogger:
@@ -72,11 +103,20 @@ class StateChangeLogger:
 
 
 class Ticker:
+    """One tick: list instances, read energy and host CPU time right
+    after (so the instances' CPU time and the energy cover the same
+    window), split, add to the ledger, persist, publish.
+
+    Energy is also read between ticks (``sample_energy``, called by the
+    service's sampler thread): a tick stalled by a hung libvirt never
+    leaves a counter unread long enough to wrap twice.
+    """
 
     def __init__(self, energy, inventory, attribution, ledger, publishers,
                  ledger_path, host, configured_interval_s, stale_after_s,
                  retention_s, proc_stat_path='/proc/stat',
-                 clock=time.monotonic, wallclock=time.time):
+                 clock=time.monotonic, wallclock=time.time, topology=None,
+                 max_zone_power_w=energy_base.DEFAULT_MAX_ZONE_POWER_W):
         self.energy = energy
         self.inventory = inventory
         self.attribution = attribution
@@ -90,31 +130,113 @@ class Ticker:
         self.proc_stat_path = proc_stat_path
         self.clock = clock
         self.wallclock = wallclock
+        self.topology = dict(topology or {})
+        self.socket_cpus = socket_cpus(self.topology)
+        self.max_zone_power_w = max_zone_power_w
         self.baseline = None
         self.source = None
         self.states = StateChangeLogger()
+        self.counters = {}          # zone name -> ZoneCounter
+        self.last_sample = None     # monotonic time of the last reading
+        self._energy_lock = threading.Lock()
+        attribution.load_state(ledger.attribution_state)
 
-    # -- reading -----------------------------------------------------------
-    def _read_inputs(self):
-        """(EnergyReading, monotonic and wall time of that reading,
-        HostCpuTime, instances) or None if unusable."""
-        try:
+    # -- energy, on its own schedule ----------------------------------------
+    def sample_energy(self):
+        """Read every zone now and add what each used since its last
+        reading to its pending energy. Returns (EnergyReading, monotonic
+        time); raises EnergySourceError."""
+        with self._energy_lock:
             reading = self.energy.read()
-            # The interval is the energy's: a slow inventory call (libvirtd
-            # hanging) must not stretch it, or power and wrap estimates
-            # would be computed over time the energy does not cover.
-            now, wall = self.clock(), self.wallclock()
-            self.states.recovered('energy', 'Energy source readable again')
+            now = self.clock()
+            self.last_sample = now
             for zone in reading.zones:
-                self.states.recovered('zone-' + zone.name,
-                                      'Zone %s readable again', zone.name)
-            for zone, error in reading.errors.items():
-                self.states.failed('zone-' + zone, 'Zone %s unreadable, '
-                                   'skipped until it reads again: %s',
-                                   zone, error)
-            host_cpu = hoststat.read_host_cpu(self.proc_stat_path)
+                self._account(zone, now)
+            self._log_zone_errors(reading)
+            return reading, now
+
+    def _account(self, zone, now):
+        counter = self.counters.get(zone.name)
+        if counter is None:
+            self.counters[zone.name] = ZoneCounter(zone, now)
+            return
+        elapsed = now - counter.time
+        expected = None
+        record = self.ledger.zones.get(zone.name)
+        if record is not None and record.avg_power_w and \
+                elapsed > 2 * self.configured_interval_s:
+            # A long pause can hide more than one wrap: the zone's
+            # long-run average power tells how many (one burst before the
+            # pause must not).
+            expected = record.avg_power_w * elapsed * 1e6
+        previous = counter.reading
+        delta = energy_base.plausible_delta(
+            previous.energy_uj, zone.energy_uj, zone.max_energy_range_uj,
+            elapsed, self.max_zone_power_w, expected)
+        if delta is None:
+            LOG.warning('Zone %s: counter went from %d to %d in %.1fs, '
+                        'which no wrap at up to %.0f W explains (a reset '
+                        'after resume or a driver reload): re-baselined, '
+                        'that interval is not counted', zone.name,
+                        previous.energy_uj, zone.energy_uj, elapsed,
+                        self.max_zone_power_w)
+            delta = 0
+        counter.reading, counter.time = zone, now
+        counter.pending_uj += delta
+
+    def _log_zone_errors(self, reading):
+        for zone in reading.zones:
+            self.states.recovered('zone-' + zone.name,
+                                  'Zone %s readable again', zone.name)
+        for zone, error in reading.errors.items():
+            self.states.failed('zone-' + zone, 'Zone %s unreadable, '
+                               'skipped until it reads again: %s',
+                               zone, error)
+
+    def sample_if_due(self, period_s):
+        """The sampler thread's call: read energy unless a tick or sample
+        did so within ``period_s``. Never raises."""
+        last = self.last_sample
+        if last is not None and self.clock() - last < period_s:
+            return
+        try:
+            self.sample_energy()
+        except energy_base.EnergySourceError:
+            pass  # the tick reports it
+
+    def _take_zone_deltas(self, reading):
+        """This tick's ZoneDeltas: every zone read now, with the energy
+        it used since the last tick; pending energy is reset."""
+        deltas = []
+        with self._energy_lock:
+            for zone in reading.zones:
+                counter = self.counters[zone.name]
+                if counter.window_start is not None:
+                    deltas.append(attribution_base.ZoneDelta(
+                        zone.name, zone.kind, zone.socket,
+                        counter.pending_uj,
+                        counter.time - counter.window_start))
+                counter.pending_uj, counter.window_start = 0, counter.time
+        return tuple(deltas)
+
+    def _clear_pending(self):
+        """The baseline tick: energy counts from the readings just taken."""
+        with self._energy_lock:
+            for counter in self.counters.values():
+                counter.pending_uj, counter.window_start = 0, counter.time
+
+    # -- reading -------------------------------------------------------------
+    def _read_inputs(self):
+        """(instances, EnergyReading, monotonic and wall time of that
+        reading, HostCpuTime) or None if unusable."""
+        try:
             instances = self.inventory.list_instances()
             self.states.recovered('inventory', 'Inventory available again')
+            reading, now = self.sample_energy()
+            wall = self.wallclock()
+            self.states.recovered('energy', 'Energy source readable again')
+            host_cpu = hoststat.read_host_cpu(self.proc_stat_path)
+            self.states.recovered('hoststat', 'Host CPU readable again')
         except energy_base.EnergySourceError as exc:
             self.states.failed('energy', 'Cannot read energy: %s', exc)
             return None
@@ -126,31 +248,16 @@ class Ticker:
                                'attribution paused (no energy is lost: the '
                                'next good tick covers the gap): %s', exc)
             return None
-        return reading, now, wall, host_cpu, instances
+        return instances, reading, now, wall, host_cpu
 
-    # -- deltas ------------------------------------------------------------
-    def _zone_deltas(self, reading, now):
-        deltas = []
-        for zone in reading.zones:
-            previous = self.baseline.zones.get(zone.name)
-            if previous is None:
-                continue
-            # Since this zone's own last reading: it may have been
-            # unreadable for several ticks.
-            elapsed = now - self.baseline.zone_times[zone.name]
-            expected = None
-            record = self.ledger.zones.get(zone.name)
-            if record is not None and elapsed > 2 * \
-                    self.configured_interval_s:
-                # A long pause can hide more than one wrap; recent power
-                # tells how many (energy_base.counter_delta).
-                expected = record.power_w * elapsed * 1e6
-            deltas.append(attribution_base.ZoneDelta(
-                zone.name, zone.kind, zone.socket,
-                energy_base.counter_delta(previous.energy_uj, zone.energy_uj,
-                                          zone.max_energy_range_uj,
-                                          expected)))
-        return tuple(deltas)
+    # -- deltas --------------------------------------------------------------
+    def _host_usage(self, host_cpu):
+        previous = self.baseline.host_cpu
+        return attribution_base.HostUsage(
+            busy_ns=max(0, host_cpu.busy_ns - previous.busy_ns),
+            cpus=host_cpu.cpus,
+            socket_busy_ns=socket_busy(previous, host_cpu, self.topology),
+            socket_cpus=self.socket_cpus if self.topology else {})
 
     def _usage_deltas(self, instances):
         return tuple(
@@ -158,32 +265,62 @@ class Ticker:
                 i.uuid,
                 instance_cpu_delta(self.baseline.cpu_ns.get(i.uuid),
                                    i.cpu_time_ns),
-                i.vcpus)
+                i.vcpus,
+                topology.socket_of(i.cpus, self.topology))
             for i in instances)
 
-    # -- the tick ----------------------------------------------------------
+    def _placements(self, instances):
+        if len(self.socket_cpus) < 2:
+            # One socket: host-wide and per-socket are the same split.
+            placement = attribution_base.PLACEMENT_SOCKET \
+                if self.topology else attribution_base.PLACEMENT_HOST_WIDE
+            return {i.uuid: placement for i in instances}
+        return {i.uuid: attribution_base.PLACEMENT_SOCKET
+                if topology.socket_of(i.cpus, self.topology) is not None
+                else attribution_base.PLACEMENT_HOST_WIDE
+                for i in instances}
+
+    def _check_epoch(self, source, wall):
+        """A ledger counted with another energy source is closed: its
+        counters and learned idle power mean nothing for this one."""
+        if self.ledger.source == source:
+            return
+        if self.ledger.source is None:
+            self.ledger.source, self.ledger.epoch_started = source, wall
+            return
+        LOG.warning('Energy source changed from %s to %s: epoch %d ends, '
+                    'epoch %d starts with every counter at zero (the two '
+                    'never add up)', self.ledger.source, source,
+                    self.ledger.epoch, self.ledger.epoch + 1)
+        self.ledger.new_epoch(source, wall)
+        self.attribution.load_state({})
+        self.baseline = None
+
+    # -- the tick ------------------------------------------------------------
     def tick(self):
         """Run one tick; the TickReport published, or None."""
         inputs = self._read_inputs()
         if inputs is None:
             return None
-        reading, now, wall, host_cpu, instances = inputs
+        instances, reading, now, wall, host_cpu = inputs
         self.source = reading.source
+        self._check_epoch(reading.source, wall)
         if self.baseline is None:
-            interval, splits, zones = 0.0, (), ()
+            interval, splits = 0.0, ()
+            self._clear_pending()
         else:
             interval = now - self.baseline.monotonic
-            zones = self._zone_deltas(reading, now)
             splits = self.attribution.split(
-                zones, interval,
-                max(0, host_cpu.busy_ns - self.baseline.host_busy_ns),
-                host_cpu.cpus, self._usage_deltas(instances), now)
+                self._take_zone_deltas(reading), interval,
+                self._host_usage(host_cpu), self._usage_deltas(instances),
+                now)
         self.ledger.add_tick(splits, reading.zones,
                              {i.uuid: i.identity for i in instances},
-                             interval, wall)
+                             interval, wall, self._placements(instances))
         expired = tuple(self.ledger.expire(wall, self.retention_s))
-        self.baseline = self._new_baseline(now, reading, host_cpu,
-                                           instances)
+        self.baseline = Baseline(now, host_cpu,
+                                 {i.uuid: i.cpu_time_ns for i in instances})
+        self.ledger.attribution_state = self.attribution.state()
         if not self._persist():
             return None
         report = TickReport(
@@ -195,15 +332,6 @@ class Ticker:
             ledger=self.ledger, splits=splits, expired=expired)
         self._publish(report)
         return report
-
-    def _new_baseline(self, now, reading, host_cpu, instances):
-        # Unreadable zones keep their last reading and its time.
-        zones = dict(self.baseline.zones) if self.baseline else {}
-        times = dict(self.baseline.zone_times) if self.baseline else {}
-        zones.update(reading.by_name())
-        times.update((zone.name, now) for zone in reading.zones)
-        return Baseline(now, zones, host_cpu.busy_ns,
-                        {i.uuid: i.cpu_time_ns for i in instances}, times)
 
     def _persist(self):
         # Publishing a value the disk does not hold could let a guest see

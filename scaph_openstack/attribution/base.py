@@ -3,6 +3,10 @@
 import abc
 import dataclasses
 
+# How an instance's CPU time was placed on sockets.
+PLACEMENT_SOCKET = 'socket'        # pinned within one socket
+PLACEMENT_HOST_WIDE = 'host-wide'  # may run anywhere: spread by host load
+
 
 @dataclasses.dataclass(frozen=True)
 class ZoneDelta:
@@ -11,14 +15,30 @@ class ZoneDelta:
     kind: str
     socket: int
     delta_uj: int
+    # Time the delta covers, when it differs from the tick's interval (a
+    # zone that could not be read for a while); None: the interval.
+    elapsed_s: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class UsageDelta:
-    """CPU time one instance used over the interval."""
+    """CPU time one instance used over the interval. ``socket``: the one
+    socket all the CPUs it may run on belong to, None if unknown or more
+    than one."""
     uuid: str
     cpu_ns: int
     vcpus: int
+    socket: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class HostUsage:
+    """The host's CPU time over the interval, per socket. Empty dicts
+    when the topology is unknown: every zone is then split host-wide."""
+    busy_ns: int
+    cpus: int
+    socket_busy_ns: dict = dataclasses.field(default_factory=dict)
+    socket_cpus: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +46,10 @@ class ZoneSplit:
     """Where one zone's delta went. Always:
 
     sum(instances.values()) + host_residual_uj + unallocated_idle_uj
-        == delta_uj, every term >= 0.
+        == delta_uj, every term >= 0,
+
+    and idle_instances[uuid] <= instances[uuid] (the idle part of each
+    instance's share; the rest of its share is dynamic).
     """
     zone: str
     delta_uj: int
@@ -34,6 +57,9 @@ class ZoneSplit:
     instances: dict[str, int]
     host_residual_uj: int
     unallocated_idle_uj: int
+    idle_instances: dict[str, int] = dataclasses.field(default_factory=dict)
+    idle_estimate: object = None     # attribution.idle.IdleEstimate
+    scope: str = PLACEMENT_HOST_WIDE  # split by this socket's CPU time?
 
 
 class Attribution(abc.ABC):
@@ -42,9 +68,16 @@ class Attribution(abc.ABC):
     name = None
 
     @abc.abstractmethod
-    def split(self, zones, interval_s, host_busy_ns, host_cpus, usage,
-              now):
-        """Split every ZoneDelta between instances; returns ZoneSplits."""
+    def split(self, zones, interval_s, host, usage, now):
+        """Split every ZoneDelta between instances (``host`` a HostUsage,
+        ``usage`` UsageDeltas); returns ZoneSplits."""
+
+    def state(self):
+        """What must survive a restart (persisted in the ledger)."""
+        return {}
+
+    def load_state(self, state):
+        """Take back what state() returned before a restart."""
 
 
 def proportional(budget, weights, denominator):

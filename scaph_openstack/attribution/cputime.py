@@ -1,46 +1,102 @@
 """The ``cputime`` model.
 
-Per zone and interval, with P_idle the zone's idle power:
+Per zone and interval, with P_idle the zone's idle power and "busy" the
+CPU time of the zone's socket (package-N and dram-N zones: the CPUs of
+socket N; psys and hosts of unknown topology: every CPU):
 
     idle     = min(delta, P_idle x interval)
     dynamic  = delta - idle
-    share_i  = floor(dynamic x cpu_i / max(host_busy, sum cpu))
+    share_i  = floor(dynamic x cpu_i / max(busy, sum cpu))
     residual = dynamic - sum share_i        (the host's own work, rounding)
 
-The idle part goes by ``idle_policy``: ``none`` leaves it unallocated;
-``vcpus`` gives each instance idle x vcpus_i / max(host_cpus, sum vcpus)
-(its reservation of the machine); ``cputime`` uses the CPU-time weights of
-the dynamic part. Whatever is not handed out stays unallocated idle.
+cpu_i is the CPU time instance i spent on the zone's socket: all of it for
+an instance pinned within that socket; for one that may run anywhere, its
+CPU time spread over the sockets in proportion to the busy time the pinned
+instances leave there (the host-wide fallback, reported as such).
 
-P_idle is configured per zone ([attribution] idle_power) or learned: the
-lowest average power the zone showed over the learning window. A zone's
-floor is the power it draws with nothing to do, so the minimum converges
-to it on any host that is ever quiet; until then it overestimates idle,
-which only moves energy from "dynamic" to "idle", never creates any.
+The idle part goes by ``idle_policy``: ``none`` leaves it unallocated
+(Kepler's convention: VMs get active power only); ``vcpus`` gives each
+instance idle x vcpus_i / max(socket cpus, sum vcpus) (its reservation of
+the machine, the SCS-0413/0414 drafts' convention); ``cputime`` uses the
+CPU-time weights of the dynamic part. Whatever is not handed out stays
+unallocated idle.
+
+P_idle is configured per zone ([attribution] idle_power) or learned from
+how the zone's power moves with its socket's utilisation
+(attribution/idle.py).
 """
 
-import collections
+import dataclasses
 import math
 
 from scaph_openstack.attribution import base
+from scaph_openstack.attribution import idle as idle_mod
 
 IDLE_POLICIES = ('none', 'vcpus', 'cputime')
+# A long gap (an agent stopped by SIGSTOP, a hung host) is one point of
+# the idle fit; this caps its weight so it cannot outweigh the rest.
+MAX_POINT_WEIGHT_S = 60.0
 
 
-class SlidingMinimum:
-    """Minimum of the values seen in the last ``window`` seconds."""
+@dataclasses.dataclass(frozen=True)
+class Scope:
+    """The CPU-time weights one zone is split with."""
+    placement: str
+    utilisation: float
+    cpu_weights: dict
+    cpu_denominator: int
+    vcpu_weights: dict
+    vcpu_denominator: int
 
-    def __init__(self, window):
-        self.window = window
-        self._values = collections.deque()  # (time, value), increasing
 
-    def add(self, now, value):
-        while self._values and self._values[-1][1] >= value:
-            self._values.pop()
-        self._values.append((now, value))
-        while self._values[0][0] < now - self.window:
-            self._values.popleft()
-        return self._values[0][1]
+def _utilisation(busy_ns, cpus, interval_s):
+    if interval_s <= 0 or cpus <= 0:
+        return float('nan')
+    return busy_ns / (interval_s * 1e9 * cpus)
+
+
+def host_scope(usage, host, interval_s):
+    cpu = {u.uuid: max(u.cpu_ns, 0) for u in usage}
+    vcpus = {u.uuid: u.vcpus for u in usage}
+    return Scope(base.PLACEMENT_HOST_WIDE,
+                 _utilisation(host.busy_ns, host.cpus, interval_s),
+                 cpu, max(host.busy_ns, sum(cpu.values())),
+                 vcpus, max(host.cpus, sum(vcpus.values())))
+
+
+def socket_scopes(usage, host, interval_s):
+    """{socket: Scope}: pinned instances weigh on their socket only;
+    the others are spread by the busy time the pinned ones leave free."""
+    sockets = host.socket_busy_ns
+    total_cpus = max(sum(host.socket_cpus.values()), 1)
+    pinned = {s: {} for s in sockets}
+    floating = []
+    for u in usage:
+        if u.socket in pinned:
+            pinned[u.socket][u.uuid] = (max(u.cpu_ns, 0), u.vcpus)
+        else:
+            floating.append(u)
+    free = {s: max(0, busy - sum(c for c, _ in pinned[s].values()))
+            for s, busy in sockets.items()}
+    if not sum(free.values()):
+        free = {s: host.socket_cpus.get(s, 0) for s in sockets}
+    total_free = sum(free.values())
+    scopes = {}
+    for s, busy in sockets.items():
+        cpus_s = host.socket_cpus.get(s, 0)
+        cpu = {uuid: c for uuid, (c, _) in pinned[s].items()}
+        # vCPU weights in units of 1/total_cpus: a pinned vCPU is
+        # total_cpus units on its socket, a floating one cpus_s units.
+        vcpu = {uuid: v * total_cpus for uuid, (_, v) in pinned[s].items()}
+        for u in floating:
+            cpu[u.uuid] = (max(u.cpu_ns, 0) * free[s] // total_free
+                           if total_free else 0)
+            vcpu[u.uuid] = u.vcpus * cpus_s
+        scopes[s] = Scope(base.PLACEMENT_SOCKET,
+                          _utilisation(busy, cpus_s, interval_s),
+                          cpu, max(busy, sum(cpu.values())),
+                          vcpu, max(cpus_s * total_cpus, sum(vcpu.values())))
+    return scopes
 
 
 class CpuTimeAttribution(base.Attribution):
@@ -55,65 +111,87 @@ class CpuTimeAttribution(base.Attribution):
         self.idle_policy = idle_policy
         self.idle_power = {zone: float(watts) for zone, watts
                            in (idle_power or {}).items()}
+        for zone, watts in self.idle_power.items():
+            if not math.isfinite(watts) or watts < 0:
+                raise ValueError('idle_power of %s must be a finite number '
+                                 'of watts >= 0, not %r' % (zone, watts))
         self.learning_window = idle_learning_window
-        self._learned = {}
+        self.models = {}   # zone name -> idle.IdleModel
 
-    def idle_watts(self, zone, interval_s, now):
-        """Configured idle power, else the learned minimum (and learn)."""
+    # -- idle power -------------------------------------------------------
+    def idle_estimate(self, zone, interval_s, utilisation):
+        """Learn from this interval, then the zone's IdleEstimate."""
         if zone.name in self.idle_power:
-            return self.idle_power[zone.name]
-        if interval_s <= 0:
-            return 0.0
-        minimum = self._learned.setdefault(
-            zone.name, SlidingMinimum(self.learning_window))
-        return minimum.add(now, zone.delta_uj / interval_s / 1e6)
+            return idle_mod.IdleEstimate(idle_mod.STATE_CONFIGURED,
+                                         self.idle_power[zone.name])
+        model = self.models.get(zone.name)
+        if model is None:
+            model = self.models[zone.name] = idle_mod.IdleModel(
+                window_s=self.learning_window)
+        covered = zone.elapsed_s if zone.elapsed_s is not None else interval_s
+        # A delta that covers more than this interval (the zone was
+        # unreadable) has no utilisation of its own: not a point.
+        if interval_s > 0 and abs(covered - interval_s) <= 0.25 * interval_s:
+            model.observe(min(interval_s, MAX_POINT_WEIGHT_S), utilisation,
+                          zone.delta_uj / interval_s / 1e6)
+        return model.estimate()
 
-    def _idle_uj(self, zone, delta, interval_s, now):
-        budget = self.idle_watts(zone, interval_s, now) * interval_s * 1e6
-        if math.isnan(budget) or budget <= 0:
-            return 0
-        # Compared as floats first: a learned power over a tiny interval
-        # can be huge (or infinite) and must not overflow int().
-        return delta if budget >= delta else int(budget)
+    def state(self):
+        return {'idle_models': {zone: model.to_dict()
+                                for zone, model in self.models.items()}}
 
-    def _idle_weights(self, usage, host_cpus, cpu_weights, cpu_denominator):
+    def load_state(self, state):
+        models = (state or {}).get('idle_models', {})
+        self.models = {zone: idle_mod.IdleModel.from_dict(
+            doc, self.learning_window) for zone, doc in models.items()}
+
+    # -- the split --------------------------------------------------------
+    def split(self, zones, interval_s, host, usage, now=0.0):
+        sockets = socket_scopes(usage, host, interval_s) \
+            if host.socket_busy_ns else {}
+        everywhere = None
+        splits = []
+        for zone in zones:
+            scope = sockets.get(zone.socket) if zone.kind != 'psys' else None
+            if scope is None:
+                if everywhere is None:
+                    everywhere = host_scope(usage, host, interval_s)
+                scope = everywhere
+            splits.append(self._split_zone(zone, interval_s, scope))
+        return tuple(splits)
+
+    def _idle_weights(self, scope):
         if self.idle_policy == 'vcpus':
-            weights = {u.uuid: u.vcpus for u in usage}
-            return weights, max(host_cpus, sum(weights.values()))
+            return scope.vcpu_weights, scope.vcpu_denominator
         if self.idle_policy == 'cputime':
-            return cpu_weights, cpu_denominator
+            return scope.cpu_weights, scope.cpu_denominator
         return {}, 0
 
-    def split(self, zones, interval_s, host_busy_ns, host_cpus, usage,
-              now=0.0):
-        cpu_weights = {u.uuid: max(u.cpu_ns, 0) for u in usage}
-        # Instance CPU can exceed the host's busy time by sampling skew;
-        # the larger denominator keeps the shares within the budget.
-        cpu_denominator = max(host_busy_ns, sum(cpu_weights.values()))
-        idle_weights, idle_denominator = self._idle_weights(
-            usage, host_cpus, cpu_weights, cpu_denominator)
-        return tuple(
-            self._split_zone(zone, interval_s, now, cpu_weights,
-                             cpu_denominator, idle_weights, idle_denominator)
-            for zone in zones)
-
-    def _split_zone(self, zone, interval_s, now, cpu_weights,
-                    cpu_denominator, idle_weights, idle_denominator):
+    def _split_zone(self, zone, interval_s, scope):
         delta = max(zone.delta_uj, 0)
-        idle = self._idle_uj(zone, delta, interval_s, now)
+        estimate = self.idle_estimate(zone, interval_s, scope.utilisation)
+        budget = estimate.watts * interval_s * 1e6
+        # Compared as floats first: a large power over a long interval
+        # must not overflow int().
+        idle = 0 if not budget > 0 else (
+            delta if budget >= delta else int(budget))
         dynamic = delta - idle
-        dynamic_shares = base.proportional(dynamic, cpu_weights,
-                                           cpu_denominator)
+        dynamic_shares = base.proportional(dynamic, scope.cpu_weights,
+                                           scope.cpu_denominator)
+        idle_weights, idle_denominator = self._idle_weights(scope)
         idle_shares = base.proportional(idle, idle_weights, idle_denominator)
-        instances = {uuid: dynamic_shares.get(uuid, 0)
-                     + idle_shares.get(uuid, 0) for uuid in cpu_weights}
+        instances = {uuid: share + idle_shares.get(uuid, 0)
+                     for uuid, share in dynamic_shares.items()}
         return base.ZoneSplit(
             zone=zone.name,
             delta_uj=delta,
             idle_uj=idle,
             instances=instances,
             host_residual_uj=dynamic - sum(dynamic_shares.values()),
-            unallocated_idle_uj=idle - sum(idle_shares.values()))
+            unallocated_idle_uj=idle - sum(idle_shares.values()),
+            idle_instances=idle_shares,
+            idle_estimate=estimate,
+            scope=scope.placement)
 
 
 def from_conf(conf):

@@ -27,7 +27,13 @@ OPTS = [
                help='Name of this compute node in outputs; defaults to the '
                     'hostname, as nova-compute does.'),
     cfg.StrOpt('proc_stat_path', default='/proc/stat',
-               help='Host CPU accounting file (busy and idle time).'),
+               help='Host CPU accounting file (busy and idle time, per '
+                    'CPU).'),
+    cfg.StrOpt('cpu_topology_path', default='/sys/devices/system/cpu',
+               help='Directory of cpuN/topology/physical_package_id: '
+                    'which socket each CPU is on. Package and DRAM zones '
+                    'are split by the CPU time of their own socket; '
+                    'unreadable, every zone is split host-wide.'),
 ]
 
 

@@ -13,11 +13,13 @@ OPTS = [
     cfg.DictOpt('idle_power', default={},
                 help='Idle power in watts per zone name, for example '
                      'package-0:12.5,dram-0:2. Zones not listed learn their '
-                     'idle power: the lowest average power seen over '
-                     'idle_learning_window.'),
-    cfg.IntOpt('idle_learning_window', default=3600, min=1,
-               help='Seconds over which the lowest observed zone power is '
-                    'remembered as its learned idle power.'),
+                     'idle power, with no idle period needed: the intercept '
+                     'of the zone\'s power against its socket\'s CPU '
+                     'utilisation (doc/design.md), persisted with the '
+                     'ledger.'),
+    cfg.IntOpt('idle_learning_window', default=3600, min=60,
+               help='Time constant (seconds) with which old points of the '
+                    'learned idle power fit are forgotten.'),
 ]
 
 

@@ -5,6 +5,13 @@ import dataclasses
 
 SOURCE_RAPL = 'rapl'
 SOURCE_SIMULATED = 'simulated'
+# No RAPL zone of a server draws this much: a counter change that would
+# need more is a reset, not a wrap ([energy] max_zone_power).
+DEFAULT_MAX_ZONE_POWER_W = 1000.0
+# Counters move in steps (RAPL every ~1 ms, some firmware and fixtures
+# every few tens of ms): two readings very close together can show a step
+# that looks like a huge power. Plausibility is judged over at least this.
+MIN_PLAUSIBILITY_WINDOW_S = 1.0
 
 
 class EnergySourceError(Exception):
@@ -60,6 +67,24 @@ def counter_delta(previous, current, max_energy_range_uj, expected_uj=None):
         delta = current - previous
     else:
         delta = max_energy_range_uj - previous + current
+    if expected_uj is not None and max_energy_range_uj > 0:
+        extra_wraps = round((expected_uj - delta) / max_energy_range_uj)
+        if extra_wraps > 0:
+            delta += extra_wraps * max_energy_range_uj
+    return delta
+
+
+def plausible_delta(previous, current, max_energy_range_uj, elapsed_s,
+                    max_power_w, expected_uj=None):
+    """counter_delta, or None when the change cannot be energy: a
+    decrease (or a jump) that would mean more than ``max_power_w`` over
+    ``elapsed_s`` is a counter reset (resume from suspend, driver reload),
+    which the caller re-baselines instead of counting a wrap."""
+    if current < previous and max_energy_range_uj <= 0:
+        return None
+    delta = counter_delta(previous, current, max_energy_range_uj)
+    if delta > max_power_w * max(elapsed_s, MIN_PLAUSIBILITY_WINDOW_S) * 1e6:
+        return None
     if expected_uj is not None and max_energy_range_uj > 0:
         extra_wraps = round((expected_uj - delta) / max_energy_range_uj)
         if extra_wraps > 0:

@@ -44,6 +44,8 @@ class InstanceUsage:
     identity: InstanceIdentity
     cpu_time_ns: int
     vcpus: int
+    # Host CPUs its threads may run on (from pinning); None: anywhere.
+    cpus: frozenset | None = None
 
     @property
     def uuid(self):

@@ -6,12 +6,14 @@ than reading cgroup files ourselves.
 """
 
 import time
+import xml.etree.ElementTree as ET
 
 import libvirt
 from oslo_log import log as logging
 
 from scaph_openstack.inventory import base
 from scaph_openstack.inventory import nova_metadata
+from scaph_openstack.inventory import topology
 
 LOG = logging.getLogger(__name__)
 
@@ -37,7 +39,7 @@ class LibvirtInventory(base.Inventory):
         self.reconnect_max = reconnect_max
         self.clock = clock
         self._conn = None
-        self._identities = {}
+        self._identities = {}   # uuid -> (identity, allowed CPUs)
         self._backoff = reconnect_min
         self._next_attempt = 0.0
         self._connected_state = None  # None (never tried), True, False
@@ -80,27 +82,33 @@ class LibvirtInventory(base.Inventory):
         self._close_connection()
         self._set_state(False, reason)
 
-    def _identity(self, domain):
+    def _describe(self, domain):
+        """(identity, allowed CPUs) of a domain, from its XML, once."""
         uuid = domain.UUIDString()
-        identity = self._identities.get(uuid)
-        if identity is None:
+        known = self._identities.get(uuid)
+        if known is None:
+            xml_text = domain.XMLDesc(0)
             try:
-                identity = nova_metadata.identity_from_xml(domain.XMLDesc(0))
+                identity = nova_metadata.identity_from_xml(xml_text)
             except nova_metadata.MetadataError as exc:
                 LOG.warning('Domain %s: unusable metadata (%s); counting it '
                             'under its domain name', domain.name(), exc)
                 identity = base.InstanceIdentity(uuid=uuid,
                                                  name=domain.name())
-            self._identities[uuid] = identity
-        return identity
+            try:
+                cpus = topology.allowed_cpus_from_xml(ET.fromstring(xml_text))
+            except ET.ParseError:
+                cpus = None
+            known = self._identities[uuid] = (identity, cpus)
+        return known
 
     def _usage(self, domain, stats):
         cpu_time = stats.get('cpu.time')
         if not isinstance(cpu_time, int) or cpu_time < 0:
             return None
-        identity = self._identity(domain)
+        identity, cpus = self._describe(domain)
         vcpus = stats.get('vcpu.current') or identity.vcpus or 1
-        return base.InstanceUsage(identity, cpu_time, int(vcpus))
+        return base.InstanceUsage(identity, cpu_time, int(vcpus), cpus)
 
     def list_instances(self):
         if self._conn is None:

@@ -43,8 +43,9 @@ class Host:
         return tick.Ticker(
             energy=rapl.RaplSource(str(self.powercap)),
             inventory=self.inventory,
-            attribution=cputime.CpuTimeAttribution(
-                self.idle_policy, {'package-0': 0, 'dram-0': 0}),
+            # The default configuration: idle power learned (still
+            # calibrating in these short runs, so conservatively 0 W).
+            attribution=cputime.CpuTimeAttribution(self.idle_policy),
             ledger=ledger_mod.Ledger.load(self.ledger_path),
             publishers=[self.publisher, snapshot_publisher.SnapshotPublisher(
                 self.snapshot_path)],
