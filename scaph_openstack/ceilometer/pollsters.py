@@ -23,9 +23,17 @@ LOG = logging.getLogger(__name__)
 
 CACHE_KEY = 'scaph_openstack.snapshot'
 UJ_PER_J = 1e6
+# Zone kinds that add up to an instance's total (scaph_openstack.ledger's
+# ADDITIVE_KINDS; not imported: readers depend on the snapshot only).
+ADDITIVE_KINDS = ('package', 'dram')
+# Idle power estimates, least converged first: a summary over several
+# zones is only as good as its worst zone.
+IDLE_ESTIMATE_STATES = ('calibrating', 'learned', 'configured')
 
-# One snapshot and its running instances by UUID, for one polling cycle.
-CycleData = collections.namedtuple('CycleData', 'snapshot instances')
+# One snapshot, its running instances by UUID and the extra metadata of
+# instance samples, for one polling cycle.
+CycleData = collections.namedtuple('CycleData',
+                                   'snapshot instances instance_metadata')
 
 # Ceilometer may run pollsters of one cycle in parallel threads
 # ([polling] threads_to_process_pollsters): fill the cache only once.
@@ -53,17 +61,69 @@ def cycle_data(conf, cache, resources=None):
             snap = _discovered_snapshot(resources)
             if snap is None:
                 snap = discovery.read_snapshot(conf)
-            cache[CACHE_KEY] = None if snap is None else CycleData(
-                snap, {i['uuid']: i for i in snap.running_instances})
+            cache[CACHE_KEY] = None if snap is None else _cycle_data(snap)
         return cache[CACHE_KEY]
 
 
+def _cycle_data(snap):
+    return CycleData(
+        snap, {i['uuid']: i for i in snap.running_instances},
+        dict(snapshot_metadata(snap), **host_idle_estimate(snap.zones)))
+
+
 def snapshot_metadata(snap):
-    """Where the numbers come from: added to every sample."""
+    """Where the numbers come from: added to every sample.
+
+    ``epoch`` only when the snapshot has one (agents before issue 9 wrote
+    none): a sample never claims what its snapshot does not say.
+    """
     doc = snap.document
-    return {'source': doc['source'],
-            'model': doc.get('model'),
-            'idle_policy': doc.get('idle_policy')}
+    metadata = {'source': doc['source'],
+                'model': doc.get('model'),
+                'idle_policy': doc.get('idle_policy')}
+    if isinstance(doc.get('epoch'), int):
+        metadata['epoch'] = doc['epoch']
+    return metadata
+
+
+def zone_idle_estimate(zone):
+    """(state, watts) of a zone's idle power estimate, or None when the
+    snapshot has none for it (an older agent) or it is malformed. A state
+    of null (the agent has no estimate for the zone yet, e.g. before its
+    first split) is 'calibrating'."""
+    estimate = zone.get('idle_estimate')
+    if not isinstance(estimate, dict) or 'state' not in estimate:
+        return None
+    state, watts = estimate.get('state'), estimate.get('watts')
+    if state is None:
+        state = 'calibrating'
+    if not isinstance(state, str) or isinstance(watts, bool) or \
+            not isinstance(watts, (int, float)):
+        return None
+    return state, float(watts)
+
+
+def _convergence(state):
+    # A state this reader does not know ranks below 'calibrating': the
+    # summary then names it rather than claiming a better one.
+    try:
+        return IDLE_ESTIMATE_STATES.index(state)
+    except ValueError:
+        return -1
+
+
+def host_idle_estimate(zones):
+    """{'idle_estimate': state, 'idle_estimate_w': watts} over the package
+    and DRAM zones: the least converged state and the summed idle power
+    (what an instance's idle share is a part of). Empty when any of them
+    lacks an estimate: a partial sum would understate the idle power."""
+    estimates = [zone_idle_estimate(z) for z in zones
+                 if z.get('kind') in ADDITIVE_KINDS]
+    if not estimates or None in estimates:
+        return {}
+    return {'idle_estimate': min((state for state, _ in estimates),
+                                 key=_convergence),
+            'idle_estimate_w': round(sum(w for _, w in estimates), 6)}
 
 
 class _SnapshotPollster(plugin_base.PollsterBase):
@@ -99,7 +159,7 @@ class _InstancePollster(_SnapshotPollster):
         return 'scaph_instances'
 
     def _samples(self, data, resources):
-        extra = snapshot_metadata(data.snapshot)
+        extra = data.instance_metadata
         for resource in resources:
             doc = data.instances.get(getattr(resource, 'id', None))
             if doc is None:
@@ -107,13 +167,17 @@ class _InstancePollster(_SnapshotPollster):
                 LOG.debug('No energy for instance %s in this snapshot',
                           getattr(resource, 'id', resource))
                 continue
+            volume = self.volume(doc)
+            if volume is None:
+                continue
             yield util.make_sample_from_instance(
                 self.conf, resource, name=self.meter_name,
                 type=self.meter_type, unit=self.meter_unit,
-                volume=self.volume(doc), additional_metadata=extra)
+                volume=volume, additional_metadata=extra)
 
     @staticmethod
     def volume(doc):
+        """The sample's value, or None for no sample."""
         raise NotImplementedError()
 
 
@@ -128,6 +192,43 @@ class InstanceEnergyPollster(_InstancePollster):
     @staticmethod
     def volume(doc):
         return doc['total_uj'] / UJ_PER_J
+
+
+def _optional_joules(doc, key):
+    """doc[key] µJ in J; None when an older agent did not write it."""
+    value = doc.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value / UJ_PER_J
+
+
+class InstanceDynamicEnergyPollster(_InstancePollster):
+    """The dynamic part of energy.instance: the instance's share of the
+    energy above the zones' idle power (by CPU time with the cputime
+    model), whatever the idle policy: what Kepler gives VMs. No sample
+    from a snapshot without ``dynamic_uj``."""
+
+    meter_name = 'energy.instance.dynamic'
+    meter_type = sample.TYPE_CUMULATIVE
+    meter_unit = 'J'
+
+    @staticmethod
+    def volume(doc):
+        return _optional_joules(doc, 'dynamic_uj')
+
+
+class InstanceIdleEnergyPollster(_InstancePollster):
+    """The instance's share of the zones' idle energy under ``[attribution]
+    idle_policy`` (0 with ``none``); energy.instance = dynamic + idle. No
+    sample from a snapshot without ``idle_uj``."""
+
+    meter_name = 'energy.instance.idle'
+    meter_type = sample.TYPE_CUMULATIVE
+    meter_unit = 'J'
+
+    @staticmethod
+    def volume(doc):
+        return _optional_joules(doc, 'idle_uj')
 
 
 class InstancePowerPollster(_InstancePollster):
@@ -157,11 +258,19 @@ class _HostZonePollster(_SnapshotPollster):
 
     def _samples(self, data, resources):
         snap = data.snapshot
+        common = snapshot_metadata(snap)
         for zone in snap.zones:
-            metadata = dict(snapshot_metadata(snap),
+            metadata = dict(common,
                             node=snap.host, name=zone['name'],
                             zone=zone['name'], kind=zone['kind'],
                             socket=zone['socket'])
+            if isinstance(zone.get('source'), str):
+                # The zone's own source, where the agent says it.
+                metadata['source'] = zone['source']
+            estimate = zone_idle_estimate(zone)
+            if estimate is not None:
+                metadata['idle_estimate'], metadata['idle_estimate_w'] = \
+                    estimate
             yield sample.Sample(
                 name=self.meter_name, type=self.meter_type,
                 unit=self.meter_unit, volume=self.volume(zone) / UJ_PER_J,

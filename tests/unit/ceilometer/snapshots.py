@@ -1,7 +1,9 @@
 """Snapshots written by the real snapshot module, from a hand-made ledger.
 
 Building through scaph_openstack.snapshot.build keeps these tests on the
-schema the agent really writes.
+schema the agent really writes. ``old_document`` is what an agent before
+the idle/dynamic split (issue 9) wrote: the same document without its
+fields.
 """
 
 import time
@@ -19,6 +21,26 @@ UUID_PLAIN = '6f1c3a52-8c1e-4d5e-9f5c-000000000004'
 PROJECT = 'b1c7e0a1d2e34f5a8b9c0d1e2f3a4b5c'
 USER = 'a1c7e0a1d2e34f5a8b9c0d1e2f3a4b5c'
 
+EPOCH = 2
+EPOCH_STARTED = 1795290000.0
+# The idle part of each instance's energy (contained in its energy_uj).
+IDLE_UJ = {UUID_A: {'package-0': 6_000_000, 'dram-0': 1_000_000},
+           UUID_B: {'package-0': 3_000_000, 'dram-0': 500_000}}
+# Each zone's idle power estimate: (state, watts).
+IDLE_ESTIMATES = {'package-0': ('learned', 12.5),
+                  'dram-0': ('configured', 2.25)}
+# The keys of a snapshot written before the idle/dynamic split.
+OLD_TOP_KEYS = ('format', 'version', 'host', 'time', 'interval_s',
+                'configured_interval_s', 'stale_after_s', 'source', 'model',
+                'idle_policy', 'zones', 'host_totals', 'instances')
+OLD_ZONE_KEYS = ('name', 'kind', 'socket', 'measured_uj', 'residual_uj',
+                 'unallocated_idle_uj', 'power_w')
+OLD_INSTANCE_KEYS = ('uuid', 'name', 'display_name', 'project_id',
+                     'project_name', 'user_id', 'user_name', 'flavor',
+                     'vcpus', 'memory_mb', 'nova', 'running', 'energy_uj',
+                     'package_uj', 'dram_uj', 'total_uj', 'power_w',
+                     'first_seen', 'last_seen')
+
 
 def nova_identity(uuid, display_name, flavor='m1.small', vcpus=2,
                   memory_mb=2048):
@@ -29,7 +51,13 @@ def nova_identity(uuid, display_name, flavor='m1.small', vcpus=2,
         flavor=flavor, vcpus=vcpus, memory_mb=memory_mb, nova=True)
 
 
-def make_ledger(scale=1):
+def make_ledger(scale=1, idle=None, idle_estimates=None):
+    """Two running Nova instances, a stopped one and a plain domain, on
+    package-0 and dram-0. ``idle``: {uuid: {zone: µJ}}, the idle part of
+    each instance's energy (IDLE_UJ by default); ``idle_estimates``:
+    {zone: (state, watts)} (IDLE_ESTIMATES by default)."""
+    idle = IDLE_UJ if idle is None else idle
+    estimates = IDLE_ESTIMATES if idle_estimates is None else idle_estimates
     led = ledger_mod.Ledger()
     led.zones['package-0'] = ledger_mod.ZoneRecord(
         'package-0', 'package', 0, measured_uj=90_000_000 * scale,
@@ -59,18 +87,74 @@ def make_ledger(scale=1):
     ]
     for record in records:
         led.instances[record.identity.uuid] = record
+        record.idle_uj = {zone: uj * scale for zone, uj
+                          in idle.get(record.identity.uuid, {}).items()}
+        record.placement = 'socket'
+    set_idle_estimates(led, estimates)
+    led.epoch, led.epoch_started = EPOCH, EPOCH_STARTED
     return led
 
 
-def document(age=0.0, source='simulated', scale=1, led=None):
+def set_idle_estimates(led, estimates):
+    """{zone: (state, watts)} into the ledger's zones."""
+    for name, (state, watts) in estimates.items():
+        zone = led.zones[name]
+        zone.idle_estimate_state, zone.idle_estimate_w = state, watts
+
+
+def document(age=0.0, source='simulated', scale=1, led=None,
+             idle_policy='vcpus'):
+    """A snapshot document of ``led`` (make_ledger(scale) by default).
+    'vcpus' by default: IDLE_UJ would be 0 under 'none'."""
+    led = led if led is not None else make_ledger(scale)
+    led.source = source
     report = types.SimpleNamespace(
         host=HOST, time=time.time() - age, interval_s=2.0,
         configured_interval_s=2.0, stale_after_s=6.0, source=source,
-        model='cputime', idle_policy='none',
-        ledger=led if led is not None else make_ledger(scale))
-    return snapshot.build(report)
+        model='cputime', idle_policy=idle_policy, ledger=led)
+    doc = snapshot.build(report)
+    if 'epoch' not in doc:
+        _add_idle_fields(doc, led)
+    return doc
 
 
-def write(path, age=0.0, **kwargs):
-    snapshot.write(str(path), document(age=age, **kwargs))
+def _add_idle_fields(doc, led):
+    """Until snapshot.build writes them: the fields of the contract, from
+    the ledger's idle parts and idle estimates."""
+    doc.update(epoch=led.epoch, epoch_started=led.epoch_started)
+    for zone in doc['zones']:
+        record = led.zones[zone['name']]
+        zone.update(idle_estimate={'state': record.idle_estimate_state,
+                                   'watts': record.idle_estimate_w},
+                    source=led.source)
+    for inst in doc['instances']:
+        record = led.instances[inst['uuid']]
+        idle = {z: record.idle_uj.get(z, 0) for z in inst['energy_uj']}
+        idle_uj = sum(uj for z, uj in idle.items()
+                      if ledger_mod.zone_kind(z) in ledger_mod.ADDITIVE_KINDS)
+        inst.update(
+            dynamic_uj=inst['total_uj'] - idle_uj, idle_uj=idle_uj,
+            dynamic_energy_uj={z: uj - idle[z]
+                               for z, uj in inst['energy_uj'].items()},
+            idle_energy_uj=idle, placement=record.placement)
+
+
+def old_document(**kwargs):
+    """What an agent before the idle/dynamic split wrote: the document
+    with the keys of that schema only."""
+    doc = document(**kwargs)
+
+    def only(d, keys):
+        assert set(keys) <= set(d), set(keys) - set(d)
+        return {k: d[k] for k in keys}
+
+    old = only(doc, OLD_TOP_KEYS)
+    old['zones'] = [only(z, OLD_ZONE_KEYS) for z in doc['zones']]
+    old['instances'] = [only(i, OLD_INSTANCE_KEYS) for i in doc['instances']]
+    return old
+
+
+def write(path, age=0.0, old=False, **kwargs):
+    make = old_document if old else document
+    snapshot.write(str(path), make(age=age, **kwargs))
     return str(path)

@@ -18,7 +18,8 @@ from tests.unit.ceilometer import snapshots
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))
 ETC = os.path.join(ROOT, 'etc', 'ceilometer')
-METERS = {'energy.instance', 'power.instance', 'energy.host.zone',
+METERS = {'energy.instance', 'energy.instance.dynamic',
+          'energy.instance.idle', 'power.instance', 'energy.host.zone',
           'energy.host.unattributed'}
 
 
@@ -59,12 +60,27 @@ def gnocchi_definitions(conf, tmp_path):
 def test_gnocchi_snippet_maps_every_meter(conf, tmp_path):
     metric_map = gnocchi_definitions(conf, tmp_path)
     assert {m: metric_map[m].cfg['resource_type'] for m in METERS} == {
-        'energy.instance': 'instance', 'power.instance': 'instance',
+        'energy.instance': 'instance', 'energy.instance.dynamic': 'instance',
+        'energy.instance.idle': 'instance', 'power.instance': 'instance',
         'energy.host.zone': 'energy_zone',
         'energy.host.unattributed': 'energy_zone'}
-    # Counters get the policy with rate:mean, like Ceilometer's cpu.
-    assert metric_map['energy.instance'].metrics['energy.instance'][
-        'archive_policy_name'] == 'ceilometer-low-rate'
+    # The instance meters come from one entry: one resource, its metrics.
+    assert metric_map['energy.instance'] is \
+        metric_map['energy.instance.dynamic'] is \
+        metric_map['energy.instance.idle'] is metric_map['power.instance']
+    # Counters get the policy with rate:mean, like Ceilometer's cpu; the
+    # gauge gets the publisher's default.
+    policies = {m: metric_map[m].metrics[m].get('archive_policy_name')
+                for m in METERS}
+    assert policies == {
+        'energy.instance': 'ceilometer-low-rate',
+        'energy.instance.dynamic': 'ceilometer-low-rate',
+        'energy.instance.idle': 'ceilometer-low-rate',
+        'power.instance': 'ceilometer-low',
+        'energy.host.zone': 'ceilometer-low-rate',
+        'energy.host.unattributed': 'ceilometer-low-rate'}
+    assert metric_map['cpu'].metrics['cpu']['archive_policy_name'] == \
+        'ceilometer-low-rate'
 
 
 def test_gnocchi_attributes_from_our_samples(conf, tmp_path):

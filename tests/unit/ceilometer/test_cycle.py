@@ -34,7 +34,8 @@ def test_one_read_per_cycle_for_all_pollsters(conf, reads):
     resources = [test_pollsters.nova_like_server(snapshots.UUID_A),
                  test_pollsters.nova_like_server(snapshots.UUID_B)]
     samples = one_cycle(conf, resources)
-    assert len(samples) == 2 + 2 + 2 + 2
+    # 4 instance meters x 2 instances, 2 host meters x 2 zones
+    assert len(samples) == 4 * 2 + 2 * 2
     assert len(reads) == 1
     one_cycle(conf, resources)
     assert len(reads) == 2  # a new cycle reads a new snapshot
@@ -45,7 +46,7 @@ def test_discovery_read_is_reused_by_pollsters(conf, reads):
     resources = discovery.SnapshotInstanceDiscovery(conf).discover(None)
     assert len(reads) == 1
     samples = one_cycle(conf, resources)
-    assert len(samples) == 8
+    assert len(samples) == 12
     assert len(reads) == 1
 
 
@@ -74,7 +75,7 @@ def test_parallel_pollsters_share_one_read(conf, monkeypatch):
         results = list(pool.map(
             lambda cls: cls(conf).get_samples(None, cache, resources),
             ALL * 2))
-    assert sum(len(r) for r in results) == 2 * (1 + 1 + 2 + 2)
+    assert sum(len(r) for r in results) == 2 * (4 * 1 + 2 * 2)
     assert len(calls) == 1
 
 
@@ -102,7 +103,7 @@ def test_one_warning_per_state_change(conf, caplog):
         return produced
 
     snapshots.write(path)
-    assert cycles(3) == 3 * 8
+    assert cycles(3) == 3 * 12
     assert warnings_of(caplog) == []
 
     snapshots.write(path, age=60)           # the agent stopped
@@ -113,7 +114,7 @@ def test_one_warning_per_state_change(conf, caplog):
 
     caplog.clear()
     snapshots.write(path)                   # the agent is back
-    assert cycles(3) == 3 * 8
+    assert cycles(3) == 3 * 12
     assert warnings_of(caplog) == []
     assert 'fresh again' in caplog.text
 

@@ -10,7 +10,8 @@ import pytest
 
 from tests.unit.ceilometer import snapshots
 
-METERS = ('energy.instance', 'power.instance', 'energy.host.zone',
+METERS = ('energy.instance', 'energy.instance.dynamic',
+          'energy.instance.idle', 'power.instance', 'energy.host.zone',
           'energy.host.unattributed')
 
 
@@ -43,6 +44,8 @@ def test_a_polling_cycle(conf, polling_task, reads):
     a, b = snapshots.UUID_A, snapshots.UUID_B
     assert set(got) == {
         ('energy.instance', a), ('energy.instance', b),
+        ('energy.instance.dynamic', a), ('energy.instance.dynamic', b),
+        ('energy.instance.idle', a), ('energy.instance.idle', b),
         ('power.instance', a), ('power.instance', b),
         ('energy.host.zone', 'compute-1-package-0'),
         ('energy.host.zone', 'compute-1-dram-0'),
@@ -54,6 +57,25 @@ def test_a_polling_cycle(conf, polling_task, reads):
     assert energy['project_id'] == snapshots.PROJECT
     assert energy['user_id'] == snapshots.USER
     assert energy['timestamp']  # set by the manager at polling time
+    # dynamic + idle == energy.instance: 27 + 7 J for web, 11.5 + 3.5 J
+    # for db
+    assert {(name, uuid): got[(name, uuid)]['counter_volume']
+            for name in ('energy.instance', 'energy.instance.dynamic',
+                         'energy.instance.idle') for uuid in (a, b)} == {
+        ('energy.instance', a): 34.0, ('energy.instance', b): 15.0,
+        ('energy.instance.dynamic', a): 27.0,
+        ('energy.instance.dynamic', b): 11.5,
+        ('energy.instance.idle', a): 7.0, ('energy.instance.idle', b): 3.5}
+    for name in ('energy.instance.dynamic', 'energy.instance.idle'):
+        part = got[(name, a)]
+        assert (part['counter_type'], part['counter_unit']) == (
+            'cumulative', 'J')
+        assert (part['project_id'], part['user_id']) == (
+            snapshots.PROJECT, snapshots.USER)
+        assert part['resource_metadata'] == energy['resource_metadata']
+    assert energy['resource_metadata']['idle_estimate'] == 'learned'
+    assert energy['resource_metadata']['idle_estimate_w'] == 14.75
+    assert energy['resource_metadata']['epoch'] == snapshots.EPOCH
     # One read for the pollsters (through the cache), at most one more by
     # the discovery when a host pollster happened to run first.
     assert 1 <= len(reads) <= 2

@@ -12,6 +12,8 @@ from scaph_openstack.conf import ceilometer as scaph_conf
 from tests.unit.ceilometer import snapshots
 
 INSTANCE_POLLSTERS = (pollsters.InstanceEnergyPollster,
+                      pollsters.InstanceDynamicEnergyPollster,
+                      pollsters.InstanceIdleEnergyPollster,
                       pollsters.InstancePowerPollster)
 HOST_POLLSTERS = (pollsters.HostZoneEnergyPollster,
                   pollsters.HostUnattributedEnergyPollster)
@@ -136,7 +138,7 @@ def test_instance_metadata_like_ceilometer_compute_samples(conf):
     assert md['instance_host'] == snapshots.HOST
     assert md['status'] == 'active'
     assert (md['source'], md['model'], md['idle_policy']) == (
-        'rapl', 'cputime', 'none')
+        'rapl', 'cputime', 'vcpus')
 
 
 def test_works_with_ceilometer_local_instances(conf):
@@ -168,7 +170,9 @@ def test_host_zone_energy(conf):
     assert pkg.resource_metadata == {
         'node': 'compute-1', 'name': 'package-0', 'zone': 'package-0',
         'kind': 'package', 'socket': 0, 'source': 'simulated',
-        'model': 'cputime', 'idle_policy': 'none'}
+        'model': 'cputime', 'idle_policy': 'vcpus',
+        'epoch': snapshots.EPOCH, 'idle_estimate': 'learned',
+        'idle_estimate_w': 12.5}
 
 
 def test_host_unattributed_energy(conf):
