@@ -247,6 +247,7 @@ class Ticker:
             self.states.failed('inventory', 'Inventory unavailable, '
                                'attribution paused (no energy is lost: the '
                                'next good tick covers the gap): %s', exc)
+            self.sample_if_due(0.0)   # keep the counters' wraps exact
             return None
         return instances, reading, now, wall, host_cpu
 

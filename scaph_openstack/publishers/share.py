@@ -12,6 +12,8 @@ import time
 
 from oslo_log import log as logging
 
+from scaph_openstack.attribution import idle
+from scaph_openstack import ledger
 from scaph_openstack.privsep import mounts
 from scaph_openstack.publishers import base
 from scaph_openstack.share import layout
@@ -19,6 +21,20 @@ from scaph_openstack.share import tree
 
 LOG = logging.getLogger(__name__)
 ORPHAN_SCAN_INTERVAL_S = 60.0
+
+
+def host_idle_estimate(zones):
+    """{state, watts} over the package and dram zones: the least settled
+    state (calibrating < learned < configured) and the summed watts."""
+    additive = [z for z in zones if z.kind in ledger.ADDITIVE_KINDS
+                and z.idle_estimate_state]
+    if not additive:
+        return None
+    state = min((z.idle_estimate_state for z in additive),
+                key=lambda s: idle.STATES.index(s)
+                if s in idle.STATES else -1)
+    return {'state': state,
+            'watts': round(sum(z.idle_estimate_w for z in additive), 3)}
 
 
 class SharePublisher(base.Publisher):
@@ -57,7 +73,7 @@ class SharePublisher(base.Publisher):
         last = self._last_write.get(uuid)
         return last is None or now - last >= self.min_interval
 
-    def _files(self, uuid, record, report, with_dram):
+    def _files(self, uuid, record, report, with_dram, idle_estimate):
         """What changed since this process last wrote the tree: the whole
         tree the first time, then only counters that moved, and the meta
         file (its time says the agent is alive)."""
@@ -82,7 +98,8 @@ class SharePublisher(base.Publisher):
             layout.meta_document(
                 uuid, report.time,
                 max(self.min_interval, report.configured_interval_s),
-                report.source, report.model, self.resolution_uj))
+                report.source, report.model, self.resolution_uj,
+                getattr(report.ledger, 'epoch', None), idle_estimate))
         return files
 
     def publish(self, report):
@@ -93,6 +110,7 @@ class SharePublisher(base.Publisher):
             self._last_values.clear()
             self._last_write.clear()
         with_dram = report.ledger.has_kind('dram')
+        idle_estimate = host_idle_estimate(report.ledger.zones.values())
         for uuid, record in report.ledger.instances.items():
             # Stopped instances are written once per agent lifetime: after
             # a host reboot the tmpfs is empty, and a guest whose share
@@ -102,7 +120,8 @@ class SharePublisher(base.Publisher):
                 continue
             try:
                 self.tree.write_instance(
-                    uuid, self._files(uuid, record, report, with_dram))
+                    uuid, self._files(uuid, record, report, with_dram,
+                                      idle_estimate))
             except (layout.LayoutError, OSError) as exc:
                 # One broken tree (a full tmpfs, something planted in it)
                 # must not stop the other instances' updates.

@@ -80,14 +80,17 @@ def zone_files(package_uj, dram_uj=None):
 
 
 def meta_document(uuid, updated, update_interval_s, source, model,
-                  resolution_uj):
+                  resolution_uj, epoch=None, idle_estimate=None):
     """The small JSON a guest reads to tell a stalled agent from an idle
-    VM. ``updated`` is None until the agent first writes the counters."""
+    VM. ``updated`` is None until the agent first writes the counters.
+    ``epoch`` changes when the host's energy source does (counters then
+    start again from zero); ``idle_estimate`` is {state, watts} of the
+    host's idle power, which says how settled the split is."""
     return {
         'format': META_FORMAT, 'version': META_VERSION, 'uuid': uuid,
         'updated': updated, 'update_interval_s': update_interval_s,
         'source': source, 'model': model, 'resolution_uj': resolution_uj,
-        'unit': 'uJ',
+        'unit': 'uJ', 'epoch': epoch, 'idle_estimate': idle_estimate,
     }
 
 

@@ -22,13 +22,16 @@ class StaticInventory(base.Inventory):
     def __init__(self):
         self.cpu = {}
         self.identities = {}
+        self.pinning = {}
         self.available = True
 
-    def set(self, uuid, cpu_ns, project='p1', vcpus=1):
+    def set(self, uuid, cpu_ns, project='p1', vcpus=1, cpus=None):
         self.identities.setdefault(uuid, base.InstanceIdentity(
             uuid=uuid, name='instance-' + uuid, display_name='vm-' + uuid,
             project_id=project, user_id='u1', vcpus=vcpus, nova=True))
         self.cpu[uuid] = cpu_ns
+        if cpus is not None:
+            self.pinning[uuid] = frozenset(cpus)
 
     def remove(self, uuid):
         self.cpu.pop(uuid)
@@ -37,7 +40,8 @@ class StaticInventory(base.Inventory):
         if not self.available:
             raise base.InventoryUnavailable('libvirtd went away')
         return tuple(base.InstanceUsage(self.identities[u], c,
-                                        self.identities[u].vcpus)
+                                        self.identities[u].vcpus,
+                                        self.pinning.get(u))
                      for u, c in self.cpu.items())
 
 

@@ -84,6 +84,20 @@ def test_tree_matches_the_powercap_contract(tmp_path):
     assert meta['updated'] == 100.0 and meta['update_interval_s'] == 2.0
 
 
+def test_meta_says_epoch_and_how_settled_the_idle_estimate_is(tmp_path):
+    ledger = make_ledger(1234, 56)
+    ledger.epoch = 3
+    ledger.zones['package-0'].idle_estimate_state = 'learned'
+    ledger.zones['package-0'].idle_estimate_w = 17.25
+    ledger.zones['dram-0'].idle_estimate_state = 'calibrating'
+    ledger.zones['dram-0'].idle_estimate_w = 1.5
+    pub, _ = publisher(tmp_path, min_interval=0, resolution_uj=1)
+    pub.publish(make_report(ledger))
+    meta = json.loads((tmp_path / UUID / layout.META_FILE).read_text())
+    assert meta['epoch'] == 3
+    assert meta['idle_estimate'] == {'state': 'calibrating', 'watts': 18.75}
+
+
 def test_no_dram_zone_no_dram_dir(tmp_path):
     pub, _ = publisher(tmp_path, min_interval=0, resolution_uj=1)
     pub.publish(make_report(make_ledger(10)))

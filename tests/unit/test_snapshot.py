@@ -50,3 +50,31 @@ def test_invalid(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(snapshot.SnapshotInvalid):
         snapshot.read(str(path))
+
+
+def test_idle_and_dynamic_parts_epoch_and_idle_estimate(tmp_path):
+    ledger = test_share.make_ledger(5_000_000, 700)
+    record = ledger.instances[test_share.UUID]
+    record.idle_uj = {'package-0': 1_250_000, 'dram-0': 100}
+    record.placement = 'socket'
+    ledger.epoch, ledger.epoch_started = 2, 50.0
+    zone = ledger.zones['package-0']
+    zone.idle_estimate_state, zone.idle_estimate_w = 'learned', 17.3
+    zone.scope = 'socket'
+    doc = snapshot.build(test_share.make_report(ledger))
+    (instance,) = doc['instances']
+    assert instance['total_uj'] == 5_000_700
+    assert (instance['dynamic_uj'], instance['idle_uj']) == (3_750_600,
+                                                             1_250_100)
+    assert instance['dynamic_energy_uj'] == {'dram-0': 600,
+                                             'package-0': 3_750_000}
+    assert instance['idle_energy_uj'] == {'dram-0': 100,
+                                          'package-0': 1_250_000}
+    assert instance['placement'] == 'socket'
+    assert (doc['epoch'], doc['epoch_started']) == (2, 50.0)
+    zones = {z['name']: z for z in doc['zones']}
+    assert zones['package-0']['idle_estimate'] == {'state': 'learned',
+                                                   'watts': 17.3}
+    assert zones['package-0']['scope'] == 'socket'
+    assert zones['dram-0']['idle_estimate'] == {'state': None, 'watts': 0.0}
+    assert zones['package-0']['source'] == 'simulated'

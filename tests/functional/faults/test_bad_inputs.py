@@ -287,3 +287,23 @@ def test_bad_config_file_exits_with_a_clear_message(tmp_path, fault,
     assert 'Traceback' not in output, (
         'a %s config file gives a Python traceback, not a clear message:\n'
         '%s' % (fault, output[-1500:]))
+
+
+def test_default_source_without_rapl_refuses_to_start_in_one_line(tmp_path):
+    """[energy] source defaults to rapl for services: on a host without
+    RAPL the agent says so and how to fix it, and exits, instead of
+    metering a model silently or being respawned forever."""
+    path = str(tmp_path / 'scaph-openstack.conf')
+    agent_helper.write_config(path, {
+        'agent': {'state_dir': str(tmp_path / 'state')},
+        'energy': {'powercap_path': str(tmp_path / 'no-powercap')}})
+    executable = agent_helper.venv_bin('scaph-openstack-agent')
+    result = subprocess.run([executable, '--config-file', path],
+                            capture_output=True, text=True, timeout=60)
+    output = (result.stdout + result.stderr).strip()
+    assert result.returncode == 2, output
+    assert 'Traceback' not in output
+    # (Python may print library deprecation warnings before it.)
+    last = output.splitlines()[-1]
+    assert last.startswith('scaph-openstack-agent: no usable energy'), output
+    assert 'source = auto' in last and 'no-powercap' in last
