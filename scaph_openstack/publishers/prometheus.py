@@ -8,6 +8,7 @@ the ledger entry.
 from prometheus_client import core
 from prometheus_client import exposition
 
+from scaph_openstack import ledger
 from scaph_openstack.publishers import base
 
 INSTANCE_LABELS = ('instance_uuid', 'name', 'display_name', 'project_id',
@@ -34,13 +35,25 @@ class LedgerCollector:
             'scaph_instance_energy_joules',
             'Energy attributed to the instance (package + dram)',
             labels=INSTANCE_LABELS)
+        dynamic = core.CounterMetricFamily(
+            'scaph_instance_dynamic_energy_joules',
+            'The dynamic part of the instance energy (its CPU time share '
+            'of power above idle)', labels=INSTANCE_LABELS)
+        idle = core.CounterMetricFamily(
+            'scaph_instance_idle_energy_joules',
+            'The instance share of idle power, by [attribution] '
+            'idle_policy (0 with none)', labels=INSTANCE_LABELS)
         power = core.GaugeMetricFamily(
             'scaph_instance_power_watts',
             'Average power attributed over the last interval',
             labels=INSTANCE_LABELS)
         for record in report.ledger.instances.values():
             labels = _label_values(record, report.source)
-            energy.add_metric(labels, record.total_uj / 1e6)
+            total = record.total_uj
+            idle_uj = ledger.additive_total(record.idle_kind_totals())
+            energy.add_metric(labels, total / 1e6)
+            dynamic.add_metric(labels, (total - idle_uj) / 1e6)
+            idle.add_metric(labels, idle_uj / 1e6)
             power.add_metric(labels, record.power_w)
         zone = core.CounterMetricFamily(
             'scaph_host_zone_energy_joules',
@@ -50,14 +63,23 @@ class LedgerCollector:
             'scaph_host_zone_unattributed_energy_joules',
             'Zone energy not given to any instance',
             labels=('zone', 'part', 'source'))
+        idle_power = core.GaugeMetricFamily(
+            'scaph_host_zone_idle_power_watts',
+            'Idle power of the zone: configured, learned, or a '
+            'conservative estimate while calibrating',
+            labels=('zone', 'state', 'source'))
         for z in report.ledger.zones.values():
+            if z.idle_estimate_state:
+                idle_power.add_metric([z.name, z.idle_estimate_state,
+                                       report.source], z.idle_estimate_w)
             zone.add_metric([z.name, z.kind, str(z.socket), report.source],
                             z.measured_uj / 1e6)
             unattributed.add_metric([z.name, 'residual', report.source],
                                     z.residual_uj / 1e6)
             unattributed.add_metric([z.name, 'idle', report.source],
                                     z.unallocated_idle_uj / 1e6)
-        yield from (energy, power, zone, unattributed)
+        yield from (energy, dynamic, idle, power, zone, unattributed,
+                    idle_power)
 
 
 class PrometheusPublisher(base.Publisher):

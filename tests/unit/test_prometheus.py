@@ -21,6 +21,9 @@ def test_metrics_endpoint_serves_the_ledger():
         ledger = test_share.make_ledger(2_500_000, 500_000)
         record = ledger.instances[test_share.UUID]
         record.power_w = 1.5
+        record.idle_uj = {'package-0': 500_000, 'dram-0': 250_000}
+        ledger.zones['package-0'].idle_estimate_state = 'learned'
+        ledger.zones['package-0'].idle_estimate_w = 17.25
         ledger.zones['package-0'].measured_uj = 9_000_000
         ledger.zones['package-0'].residual_uj = 1_000_000
         publisher.publish(test_share.make_report(ledger))
@@ -41,6 +44,12 @@ def test_metrics_endpoint_serves_the_ledger():
     assert labels['source'] == 'simulated'
     [(_, watts)] = by_name['scaph_instance_power_watts']
     assert watts == 1.5
+    [(_, dynamic)] = by_name['scaph_instance_dynamic_energy_joules_total']
+    [(_, idle)] = by_name['scaph_instance_idle_energy_joules_total']
+    assert (dynamic, idle) == (2.25, 0.75)
+    [(labels, idle_w)] = by_name['scaph_host_zone_idle_power_watts']
+    assert (labels['zone'], labels['state'], idle_w) == ('package-0',
+                                                         'learned', 17.25)
     zones = {lab['zone']: v for lab, v in
              by_name['scaph_host_zone_energy_joules_total']}
     assert zones['package-0'] == 9.0
