@@ -458,7 +458,7 @@ def analyse(scn, rapl, rec, guests, timeline):
     eval_from = t_start + scn.warmup_s
     snaps = rec.snapshots
     pairs = [(a, b) for a, b in zip(snaps, snaps[1:], strict=False)
-             if a['run'] == b['run']]
+             if a['run'] == b['run'] and a['epoch'] == b['epoch']]
     vms = []
     for g in guests:
         slope = scn.socket_slope(g.spec)
