@@ -5,12 +5,16 @@ libvirtd; scaph-openstack-agent (simulated energy) writes its snapshot;
 ceilometer-polling --polling-namespaces compute loads our discovery and
 pollsters from their entry points. What is checked:
 
-1. Ceilometer's own Prometheus exporter shows the instance's energy and
-   power with Ceilometer's labels and exactly the snapshot's values, with
-   our discovery and with Ceilometer's local_instances;
-2. samples travel as notifications over a loopback RabbitMQ to
-   ceilometer-agent-notification, whose pipeline writes them to a file;
-3. a stopped agent stops the samples, with one warning in the log.
+1. Ceilometer's own Prometheus exporter shows the instance's energy (and
+   its dynamic and idle parts) and power with Ceilometer's labels and
+   exactly the snapshot's values, with our discovery and with
+   Ceilometer's local_instances;
+2. a change of energy source (simulated, then a fixture RAPL tree) starts
+   a new epoch: the exporter shows counters that started again from zero;
+3. samples travel as notifications over a loopback RabbitMQ to
+   ceilometer-agent-notification, whose pipeline writes them to a file,
+   with the idle estimate and epoch in their metadata;
+4. a stopped agent stops the samples, with one warning in the log.
 
 Skipped where this cannot run (not root, no libvirtd or RabbitMQ); with
 CI=true that is a failure instead. Every process is started in its own
@@ -32,9 +36,15 @@ from tests.functional.helpers import ceilometer as ceilolib
 from tests.functional.helpers import guest as guestlib
 from tests.functional.helpers import libvirtd
 from tests.functional.helpers import rabbitmq
+from tests.functional.helpers import rapl
 from tests.functional.helpers import require
 
 METERS = ceilolib.METERS
+PARTS = {'energy.instance.dynamic': 'dynamic_uj',
+         'energy.instance.idle': 'idle_uj'}
+# Configured idle power of the simulated zones, split by vCPUs: the guest
+# (1 vCPU) is charged an idle share as well as its dynamic energy.
+IDLE_POWER = {'package-0': 10.0, 'dram-0': 1.5}
 NOVA_NS = 'http://openstack.org/xmlns/libvirt/nova/1.1'
 POLL_INTERVAL = ceilolib.POLL_INTERVAL
 
@@ -182,10 +192,15 @@ def instance(libvirt_uri):
 
 # -- the processes --------------------------------------------------------
 
-def start_agent(tmp_path, **snapshot_opts):
+def start_agent(tmp_path, energy=None, **snapshot_opts):
+    """The agent on simulated energy (or ``energy``, its [energy]
+    options), its ledger in tmp_path: a second agent there continues the
+    first one's counters."""
     agent = agentlib.Agent(tmp_path, {
         'agent': {'interval': 1},
-        'energy': {'source': 'simulated'},
+        'energy': energy or {'source': 'simulated'},
+        'simulated': {'dram_watts': 3.0},
+        'attribution': {'idle_policy': 'vcpus', 'idle_power': IDLE_POWER},
         'snapshot': snapshot_opts,
     })
     agent.start()
@@ -193,10 +208,13 @@ def start_agent(tmp_path, **snapshot_opts):
 
 
 def running(instance, charged=False):
-    """Snapshot predicate: the instance runs (and was charged energy)."""
-    return lambda snap: any(i['uuid'] == instance.uuid and i['running']
-                            and (i['total_uj'] > 0 or not charged)
-                            for i in snap.instances)
+    """Snapshot predicate: the instance runs (and was charged both idle
+    and dynamic energy)."""
+    return lambda snap: any(
+        i['uuid'] == instance.uuid and i['running']
+        and (not charged or (i['total_uj'] > 0 and i.get('idle_uj', 0) > 0
+                             and i.get('dynamic_uj', 0) > 0))
+        for i in snap.instances)
 
 
 @pytest.fixture
@@ -236,6 +254,16 @@ def test_exporter_shows_the_snapshot(tmp_path, instance, processes):
     assert labels['flavor_name'] == instance.flavor
     assert labels['resource_name'] == '%s:%s' % (instance.display_name,
                                                  instance.name)
+    energy_labels = labels
+    for meter, part in (('energy.instance.dynamic', 'dynamic'),
+                        ('energy.instance.idle', 'idle')):
+        labels, _ = wait_until(
+            lambda meter=meter: polling.series(meter, instance.uuid), 30,
+            lambda meter=meter: meter + ' in the exporter:\n' +
+            polling.tail())
+        # Ceilometer names the series by the third part of the meter
+        # name; every other label is energy.instance's.
+        assert labels == dict(energy_labels, energy=part, counter=meter)
     labels, _ = wait_until(
         lambda: polling.series('power.instance', instance.uuid), 30,
         'power.instance in the exporter')
@@ -264,10 +292,16 @@ def assert_shows_frozen_snapshot(agent, polling, instance, host=True):
     frozen = agent.read_snapshot()
     assert frozen is not None, 'snapshot went stale too early'
     doc = instance_doc(frozen, instance)
+    # Both parts are there, different, and add up in the agent's µJ.
+    assert doc['dynamic_uj'] + doc['idle_uj'] == doc['total_uj']
+    assert doc['idle_uj'] > 0 and doc['dynamic_uj'] > 0
+    assert doc['idle_uj'] != doc['dynamic_uj']
     expected = {
         ('energy.instance', instance.uuid): doc['total_uj'] / 1e6,
         ('power.instance', instance.uuid): doc['power_w'],
     }
+    expected.update({(meter, instance.uuid): doc[key] / 1e6
+                     for meter, key in PARTS.items()})
     if host:
         zone = next(z for z in frozen.zones if z['name'] == 'package-0')
         expected.update({
@@ -309,7 +343,8 @@ def test_with_ceilometer_local_instances(tmp_path, instance, processes):
         tmp_path, agent.snapshot_path,
         default={'libvirt_uri': 'test://%s' % node_xml},
         sources=[{'name': 'scaph_local', 'discovery': ['local_instances'],
-                  'meters': ['energy.instance', 'power.instance']}])
+                  'meters': ['energy.instance', 'power.instance',
+                             *PARTS]}])
     processes.append(polling.start())
 
     labels, _ = wait_until(
@@ -324,7 +359,63 @@ def test_with_ceilometer_local_instances(tmp_path, instance, processes):
     assert_shows_frozen_snapshot(agent, polling, instance, host=False)
 
 
-# -- 2. notifications through RabbitMQ -------------------------------------
+# -- 2. a new epoch --------------------------------------------------------
+
+def test_new_epoch_restarts_the_counters(tmp_path, instance, processes):
+    """simulated -> rapl: the agent starts epoch 2 with every counter at
+    zero, and ceilometer-polling shows exactly that snapshot."""
+    agent = start_agent(tmp_path, stale_after=30)
+    processes.append(agent)
+    polling = ceilolib.ExporterPolling(tmp_path, agent.snapshot_path)
+    processes.append(polling.start())
+
+    # Enough simulated energy (>= 20 W) that a counter carried over into
+    # the new epoch could not pass for the fixture's.
+    def simulated_enough(snap):
+        package = next(z for z in snap.zones if z['name'] == 'package-0')
+        return running(instance, charged=True)(snap) and \
+            package['measured_uj'] > 60e6
+    old = agent.wait_for_snapshot(simulated_enough, timeout=60)
+    assert (old.epoch, old.source) == (1, 'simulated')
+    wait_until(lambda: polling.series('energy.instance.idle',
+                                      instance.uuid), 60,
+               lambda: 'energy.instance.idle in the exporter:\n' +
+               polling.tail())
+    assert agent.stop(), 'the agent did not stop on SIGTERM'
+
+    # A constant 20 W package and 2 W DRAM: the new epoch's counters can
+    # be bounded from its start.
+    watts = {'intel-rapl:0': 20.0, 'intel-rapl:0:0': 2.0}
+    with rapl.MovingRapl(tmp_path / 'powercap', watts=watts):
+        agent = start_agent(tmp_path, energy={
+            'source': 'rapl', 'powercap_path': str(tmp_path / 'powercap'),
+            'use_privsep': False}, stale_after=30)
+        processes.append(agent)
+        new = agent.wait_for_snapshot(
+            lambda s: s.epoch == 2 and running(instance, charged=True)(s),
+            timeout=60)
+        assert new.source == 'rapl'
+        assert new.epoch_started >= old.time
+        assert_shows_frozen_snapshot(agent, polling, instance)
+    frozen = agent.read_snapshot(check_stale=False)
+    assert frozen.epoch == 2
+    elapsed = frozen.time - frozen.epoch_started
+    zones = {z['name']: z for z in frozen.zones}
+    for zone, name in (('package-0', 'intel-rapl:0'),
+                       ('dram-0', 'intel-rapl:0:0')):
+        # From zero at the epoch's start: at most the fixture's power over
+        # the epoch (and a tick's slack), nothing of the simulated epoch.
+        assert zones[zone]['measured_uj'] / 1e6 <= \
+            watts[name] * (elapsed + 1.5), (zone, elapsed)
+    # (Read again: a scrape during a polling cycle can miss a series.)
+    shown = wait_until(lambda: polling.series(
+        'energy.host.zone', zone_resource(frozen)), 10, 'energy.host.zone')[1]
+    assert shown == zones['package-0']['measured_uj'] / 1e6
+    package_before = next(z for z in old.zones if z['name'] == 'package-0')
+    assert shown < package_before['measured_uj'] / 1e6
+
+
+# -- 3. notifications through RabbitMQ -------------------------------------
 
 @pytest.fixture(scope='module')
 def broker():
@@ -409,8 +500,33 @@ def test_samples_reach_the_notification_agent(tmp_path, instance, broker,
     # the agent has written.
     volumes = [s['volume'] for s in energy]
     assert volumes == sorted(volumes)
-    now = instance_doc(agent.read_snapshot(check_stale=False), instance)
+    snap = agent.read_snapshot(check_stale=False)
+    assert snap.epoch == 1   # a new ledger, one source
+    now = instance_doc(snap, instance)
     assert volumes[-1] <= now['total_uj'] / 1e6
+
+    # The parts: same resource and owner, and the idle estimate (all
+    # zones configured here) and epoch of the snapshot in the metadata
+    # of every instance sample.
+    wait_until(lambda: {s['name'] for s in read_samples(out)
+                        if s['resource_id'] == instance.uuid} >= set(PARTS),
+               30, 'energy.instance.dynamic and .idle in %s' % out)
+    samples = [s for s in read_samples(out)
+               if s['resource_id'] == instance.uuid]
+    for meter, key in PARTS.items():
+        parts = [s for s in samples if s['name'] == meter]
+        for s in parts:
+            assert (s['type'], s['unit']) == ('cumulative', 'J')
+            assert (s['project_id'], s['user_id']) == (
+                instance.project_id, instance.user_id)
+        volumes = [s['volume'] for s in parts]
+        assert volumes == sorted(volumes)
+        assert volumes[-1] <= now[key] / 1e6
+    for s in samples:
+        md = s['resource_metadata']
+        assert (md['idle_estimate'], md['idle_estimate_w'], md['epoch'],
+                md['idle_policy']) == (
+            'configured', sum(IDLE_POWER.values()), snap.epoch, 'vcpus'), s
 
     wait_until(lambda: any(s['name'] == 'energy.host.unattributed'
                            for s in read_samples(out)), 30,
@@ -418,11 +534,15 @@ def test_samples_reach_the_notification_agent(tmp_path, instance, broker,
     host = next(s for s in read_samples(out)
                 if s['name'] == 'energy.host.zone')
     assert host['project_id'] is None and host['user_id'] is None
-    assert host['resource_metadata']['node'] == agent.read_snapshot(
-        check_stale=False).host
+    assert host['resource_metadata']['node'] == snap.host
+    zones = {s['resource_metadata']['zone']: s['resource_metadata']
+             for s in read_samples(out) if s['name'] == 'energy.host.zone'}
+    assert {zone: (md['idle_estimate'], md['idle_estimate_w'])
+            for zone, md in zones.items()} == {
+        zone: ('configured', watts) for zone, watts in IDLE_POWER.items()}
 
 
-# -- 3. staleness -----------------------------------------------------------
+# -- 4. staleness -----------------------------------------------------------
 
 def test_stopped_agent_stops_the_samples(tmp_path, instance, processes):
     agent = start_agent(tmp_path)  # stale after 3 intervals: 3 s

@@ -17,7 +17,8 @@ from tests.functional.helpers import require
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))
 POLLING_SNIPPET = os.path.join(ROOT, 'etc', 'ceilometer', 'polling.yaml')
-METERS = ('energy.instance', 'power.instance', 'energy.host.zone',
+METERS = ('energy.instance', 'energy.instance.dynamic',
+          'energy.instance.idle', 'power.instance', 'energy.host.zone',
           'energy.host.unattributed')
 POLL_INTERVAL = 1
 LOGGER = 'scaph_openstack.ceilometer'

@@ -43,6 +43,29 @@ def volumes(conf, **kwargs):
             for uuid, s in instance_samples(conf, cls).items()}
 
 
+# -- the known snapshot ------------------------------------------------------
+
+def test_the_known_snapshot_is_what_the_agent_writes():
+    # The fields these tests read, as snapshot.build writes them from the
+    # ledger (doc/snapshot.md): if their meaning changes, so must we.
+    doc = snapshots.document()
+    assert (doc['epoch'], doc['epoch_started']) == (
+        snapshots.EPOCH, snapshots.EPOCH_STARTED)
+    web = next(i for i in doc['instances'] if i['uuid'] == A)
+    assert {k: web[k] for k in ('total_uj', 'dynamic_uj', 'idle_uj',
+                                'dynamic_energy_uj', 'idle_energy_uj',
+                                'placement')} == {
+        'total_uj': 34_000_000, 'dynamic_uj': 27_000_000,
+        'idle_uj': 7_000_000,
+        'dynamic_energy_uj': {'dram-0': 3_000_000, 'package-0': 24_000_000},
+        'idle_energy_uj': {'dram-0': 1_000_000, 'package-0': 6_000_000},
+        'placement': 'socket'}
+    assert {z['name']: (z['idle_estimate'], z['source'])
+            for z in doc['zones']} == {
+        'package-0': ({'state': 'learned', 'watts': 12.5}, 'simulated'),
+        'dram-0': ({'state': 'configured', 'watts': 2.25}, 'simulated')}
+
+
 # -- the two meters -----------------------------------------------------------
 
 def test_dynamic_and_idle_values(conf):
