@@ -203,6 +203,12 @@ class Ticker:
             self.sample_energy()
         except energy_base.EnergySourceError:
             pass  # the tick reports it
+        except Exception as exc:  # the sampler thread must not die
+            self.states.failed('sampler', 'Reading energy between ticks '
+                               'failed: %s', exc)
+        else:
+            self.states.recovered('sampler', 'Reading energy between '
+                                  'ticks works again')
 
     def _take_zone_deltas(self, reading):
         """This tick's ZoneDeltas: every zone read now, with the energy
