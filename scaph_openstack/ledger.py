@@ -82,15 +82,18 @@ class ZoneRecord:
     residual_uj: int = 0
     unallocated_idle_uj: int = 0
     power_w: float = 0.0
-    # Long-run average power: how many wraps a long pause hid.
+    # Long-run average power: how many wraps a long pause hid. The plain
+    # mean over observed_s seconds until that reaches the 15-minute time
+    # constant, then an exponential average.
     avg_power_w: float = 0.0
+    observed_s: float = 0.0
     idle_estimate_state: str = ''
     idle_estimate_w: float = 0.0
     scope: str = ''        # split by its socket's CPU time, or host-wide
 
     def reset_counters(self):
         self.measured_uj = self.residual_uj = self.unallocated_idle_uj = 0
-        self.power_w = self.avg_power_w = 0.0
+        self.power_w = self.avg_power_w = self.observed_s = 0.0
 
 
 # Time constant of a zone's long-run average power (avg_power_w).
@@ -159,11 +162,10 @@ class Ledger:
         zone.unallocated_idle_uj += split.unallocated_idle_uj
         zone.power_w = split.delta_uj / interval_s / 1e6 if interval_s else 0
         if interval_s:
-            if not zone.avg_power_w:
-                zone.avg_power_w = zone.power_w
-            else:
-                weight = 1 - math.exp(-interval_s / AVERAGE_WINDOW_S)
-                zone.avg_power_w += (zone.power_w - zone.avg_power_w) * weight
+            zone.observed_s += interval_s
+            weight = max(1 - math.exp(-interval_s / AVERAGE_WINDOW_S),
+                         interval_s / zone.observed_s)
+            zone.avg_power_w += (zone.power_w - zone.avg_power_w) * weight
         if split.idle_estimate is not None:
             zone.idle_estimate_state = split.idle_estimate.state
             zone.idle_estimate_w = split.idle_estimate.watts

@@ -99,7 +99,7 @@ class AgentService(service.Service):
         self.sampler.start()
 
     def _sample(self):
-        period = self.conf.energy.sample_interval
+        period = self.conf.energy.sample_interval or self.conf.agent.interval
         while not self._sampler_stop.wait(period):
             self.ticker.sample_if_due(period)
 

@@ -44,6 +44,8 @@ class Baseline:
     monotonic: float
     host_cpu: object   # hoststat.HostCpuTime
     cpu_ns: dict       # instance uuid -> cumulative CPU ns
+    vcpu_ns: dict = dataclasses.field(default_factory=dict)
+    # ^ uuid -> {vCPU: cumulative ns}, for vCPUs pinned across sockets
 
 
 @dataclasses.dataclass
@@ -266,26 +268,35 @@ class Ticker:
             socket_busy_ns=socket_busy(previous, host_cpu, self.topology),
             socket_cpus=self.socket_cpus if self.topology else {})
 
-    def _usage_deltas(self, instances):
-        return tuple(
-            attribution_base.UsageDelta(
-                i.uuid,
-                instance_cpu_delta(self.baseline.cpu_ns.get(i.uuid),
-                                   i.cpu_time_ns),
-                i.vcpus,
-                topology.socket_of(i.cpus, self.topology))
-            for i in instances)
+    def _usage_delta(self, instance):
+        cpu = instance_cpu_delta(self.baseline.cpu_ns.get(instance.uuid),
+                                 instance.cpu_time_ns)
+        vcpu_deltas = None
+        previous = self.baseline.vcpu_ns.get(instance.uuid)
+        if instance.vcpu_time_ns and previous:
+            vcpu_deltas = {n: instance_cpu_delta(previous.get(n), ns)
+                           for n, ns in instance.vcpu_time_ns.items()}
+        return attribution_base.UsageDelta(
+            instance.uuid, cpu, instance.vcpus,
+            socket_cpu_ns=topology.socket_cpu_ns(
+                cpu, instance.pins, vcpu_deltas, self.topology))
 
-    def _placements(self, instances):
-        if len(self.socket_cpus) < 2:
-            # One socket: host-wide and per-socket are the same split.
-            placement = attribution_base.PLACEMENT_SOCKET \
-                if self.topology else attribution_base.PLACEMENT_HOST_WIDE
-            return {i.uuid: placement for i in instances}
-        return {i.uuid: attribution_base.PLACEMENT_SOCKET
-                if topology.socket_of(i.cpus, self.topology) is not None
-                else attribution_base.PLACEMENT_HOST_WIDE
-                for i in instances}
+    @staticmethod
+    def _placement(delta, one_socket):
+        known = delta.known_sockets()
+        if one_socket or (known and sum(known.values()) >= delta.cpu_ns):
+            return attribution_base.PLACEMENT_SOCKET
+        return attribution_base.PLACEMENT_HOST_WIDE
+
+    def _usage(self, instances):
+        """(UsageDeltas, {uuid: placement})."""
+        if self.baseline is None:
+            return (), {}
+        deltas = tuple(self._usage_delta(i) for i in instances)
+        # One socket: host-wide and per-socket are the same split.
+        one_socket = len(self.socket_cpus) == 1
+        return deltas, {d.uuid: self._placement(d, one_socket)
+                        for d in deltas}
 
     def _check_epoch(self, source, wall):
         """A ledger counted with another energy source is closed: its
@@ -312,6 +323,7 @@ class Ticker:
         instances, reading, now, wall, host_cpu = inputs
         self.source = reading.source
         self._check_epoch(reading.source, wall)
+        usage, placements = self._usage(instances)
         if self.baseline is None:
             interval, splits = 0.0, ()
             self._clear_pending()
@@ -319,14 +331,14 @@ class Ticker:
             interval = now - self.baseline.monotonic
             splits = self.attribution.split(
                 self._take_zone_deltas(reading), interval,
-                self._host_usage(host_cpu), self._usage_deltas(instances),
-                now)
+                self._host_usage(host_cpu), usage, now)
         self.ledger.add_tick(splits, reading.zones,
                              {i.uuid: i.identity for i in instances},
-                             interval, wall, self._placements(instances))
+                             interval, wall, placements)
         expired = tuple(self.ledger.expire(wall, self.retention_s))
-        self.baseline = Baseline(now, host_cpu,
-                                 {i.uuid: i.cpu_time_ns for i in instances})
+        self.baseline = Baseline(
+            now, host_cpu, {i.uuid: i.cpu_time_ns for i in instances},
+            {i.uuid: i.vcpu_time_ns for i in instances if i.vcpu_time_ns})
         self.ledger.attribution_state = self.attribution.state()
         if not self._persist():
             return None

@@ -22,13 +22,22 @@ class ZoneDelta:
 
 @dataclasses.dataclass(frozen=True)
 class UsageDelta:
-    """CPU time one instance used over the interval. ``socket``: the one
-    socket all the CPUs it may run on belong to, None if unknown or more
-    than one."""
+    """CPU time one instance used over the interval. Where it ran:
+    ``socket``, the one socket all its CPUs belong to, or
+    ``socket_cpu_ns``, {socket: ns} of the part whose socket is known
+    (vCPUs pinned to different sockets); the rest of ``cpu_ns`` may have
+    run anywhere."""
     uuid: str
     cpu_ns: int
     vcpus: int
     socket: int | None = None
+    socket_cpu_ns: dict | None = None
+
+    def known_sockets(self):
+        """{socket: ns} of the CPU time whose socket is known."""
+        if self.socket is not None:
+            return {self.socket: max(self.cpu_ns, 0)}
+        return self.socket_cpu_ns or {}
 
 
 @dataclasses.dataclass(frozen=True)

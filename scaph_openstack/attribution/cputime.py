@@ -64,34 +64,53 @@ def host_scope(usage, host, interval_s):
                  vcpus, max(host.cpus, sum(vcpus.values())))
 
 
-def socket_scopes(usage, host, interval_s):
-    """{socket: Scope}: pinned instances weigh on their socket only;
-    the others are spread by the busy time the pinned ones leave free."""
-    sockets = host.socket_busy_ns
-    total_cpus = max(sum(host.socket_cpus.values()), 1)
+def _placed(usage, sockets):
+    """(pinned {socket: {uuid: (ns, vcpu weight share)}}, floating
+    [(UsageDelta, ns)]) : the CPU time whose socket is known, and the
+    rest."""
     pinned = {s: {} for s in sockets}
     floating = []
     for u in usage:
-        if u.socket in pinned:
-            pinned[u.socket][u.uuid] = (max(u.cpu_ns, 0), u.vcpus)
-        else:
-            floating.append(u)
-    free = {s: max(0, busy - sum(c for c, _ in pinned[s].values()))
+        cpu = max(u.cpu_ns, 0)
+        known = {s: ns for s, ns in u.known_sockets().items()
+                 if s in pinned and ns >= 0}
+        known_total = sum(known.values())
+        for s, ns in known.items():
+            # The vCPUs' reservation goes where the time went (all of it
+            # to the one socket of a pinned instance, even when idle).
+            share = 1 if len(known) == 1 else (
+                ns / known_total if known_total else 0)
+            pinned[s][u.uuid] = (ns, share)
+        if cpu > known_total or not known:
+            floating.append((u, cpu - known_total))
+    return pinned, floating
+
+
+def socket_scopes(usage, host, interval_s):
+    """{socket: Scope}: CPU time whose socket is known weighs on that
+    socket only; the rest is spread by the busy time it leaves free."""
+    sockets = host.socket_busy_ns
+    total_cpus = max(sum(host.socket_cpus.values()), 1)
+    pinned, floating = _placed(usage, sockets)
+    free = {s: max(0, busy - sum(ns for ns, _ in pinned[s].values()))
             for s, busy in sockets.items()}
     if not sum(free.values()):
         free = {s: host.socket_cpus.get(s, 0) for s in sockets}
     total_free = sum(free.values())
+    vcpus = {u.uuid: u.vcpus for u in usage}
     scopes = {}
     for s, busy in sockets.items():
         cpus_s = host.socket_cpus.get(s, 0)
-        cpu = {uuid: c for uuid, (c, _) in pinned[s].items()}
+        cpu = {uuid: ns for uuid, (ns, _) in pinned[s].items()}
         # vCPU weights in units of 1/total_cpus: a pinned vCPU is
         # total_cpus units on its socket, a floating one cpus_s units.
-        vcpu = {uuid: v * total_cpus for uuid, (_, v) in pinned[s].items()}
-        for u in floating:
-            cpu[u.uuid] = (max(u.cpu_ns, 0) * free[s] // total_free
-                           if total_free else 0)
-            vcpu[u.uuid] = u.vcpus * cpus_s
+        vcpu = {uuid: int(vcpus[uuid] * total_cpus * share)
+                for uuid, (_, share) in pinned[s].items()}
+        for u, ns in floating:
+            cpu[u.uuid] = cpu.get(u.uuid, 0) + (
+                ns * free[s] // total_free if total_free else 0)
+            if u.uuid not in vcpu:
+                vcpu[u.uuid] = u.vcpus * cpus_s
         scopes[s] = Scope(base.PLACEMENT_SOCKET,
                           _utilisation(busy, cpus_s, interval_s),
                           cpu, max(busy, sum(cpu.values())),

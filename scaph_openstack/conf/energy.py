@@ -27,12 +27,16 @@ OPTS = [
                       'is a reset (resume from suspend, driver reload): '
                       'the zone is re-baselined and that interval is not '
                       'counted, instead of counting a wrap.'),
-    cfg.FloatOpt('sample_interval', default=10.0, min=0.1,
+    cfg.FloatOpt('sample_interval', min=0.1,
+                 sample_default='<[agent] interval>',
                  help='Seconds between energy readings taken between '
                       'ticks, independent of the inventory: a tick '
                       'stalled by a hung libvirt never leaves a counter '
                       'unread long enough to wrap twice (a 262 kJ RAPL '
-                      'range wraps every 11 minutes at 400 W).'),
+                      'range wraps every 11 minutes at 400 W). A reading '
+                      'is skipped when a tick made one within this time, '
+                      'so it costs nothing while ticks run. Defaults to '
+                      '[agent] interval.'),
 ]
 
 

@@ -44,8 +44,11 @@ class InstanceUsage:
     identity: InstanceIdentity
     cpu_time_ns: int
     vcpus: int
-    # Host CPUs its threads may run on (from pinning); None: anywhere.
-    cpus: frozenset | None = None
+    # Where its threads may run (topology.CpuPins); None: anywhere.
+    pins: object = None
+    # Cumulative ns of each vCPU, only where its vCPUs are pinned to
+    # different sockets (the only case that needs them).
+    vcpu_time_ns: dict | None = None
 
     @property
     def uuid(self):

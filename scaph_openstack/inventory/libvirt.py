@@ -39,7 +39,7 @@ class LibvirtInventory(base.Inventory):
         self.reconnect_max = reconnect_max
         self.clock = clock
         self._conn = None
-        self._identities = {}   # uuid -> (identity, allowed CPUs)
+        self._identities = {}   # uuid -> (identity, CpuPins or None)
         self._backoff = reconnect_min
         self._next_attempt = 0.0
         self._connected_state = None  # None (never tried), True, False
@@ -83,7 +83,7 @@ class LibvirtInventory(base.Inventory):
         self._set_state(False, reason)
 
     def _describe(self, domain):
-        """(identity, allowed CPUs) of a domain, from its XML, once."""
+        """(identity, CpuPins) of a domain, from its XML, once."""
         uuid = domain.UUIDString()
         known = self._identities.get(uuid)
         if known is None:
@@ -96,19 +96,28 @@ class LibvirtInventory(base.Inventory):
                 identity = base.InstanceIdentity(uuid=uuid,
                                                  name=domain.name())
             try:
-                cpus = topology.allowed_cpus_from_xml(ET.fromstring(xml_text))
+                pins = topology.pins_from_xml(ET.fromstring(xml_text))
             except ET.ParseError:
-                cpus = None
-            known = self._identities[uuid] = (identity, cpus)
+                pins = None
+            known = self._identities[uuid] = (identity, pins)
         return known
 
     def _usage(self, domain, stats):
         cpu_time = stats.get('cpu.time')
         if not isinstance(cpu_time, int) or cpu_time < 0:
             return None
-        identity, cpus = self._describe(domain)
+        identity, pins = self._describe(domain)
         vcpus = stats.get('vcpu.current') or identity.vcpus or 1
-        return base.InstanceUsage(identity, cpu_time, int(vcpus), cpus)
+        vcpu_times = None
+        if pins is not None and pins.per_vcpu:
+            # vCPUs pinned apart (a guest across NUMA nodes): each vCPU's
+            # time tells which socket it used (topology.socket_cpu_ns).
+            vcpu_times = {index: stats.get('vcpu.%d.time' % index)
+                          for index in range(len(pins.vcpus))}
+            if not all(isinstance(t, int) for t in vcpu_times.values()):
+                vcpu_times = None
+        return base.InstanceUsage(identity, cpu_time, int(vcpus), pins,
+                                  vcpu_times)
 
     def list_instances(self):
         if self._conn is None:

@@ -9,6 +9,7 @@ socket 1. The socket of a CPU is
 index as the ``intel-rapl:N`` package zone.
 """
 
+import dataclasses
 import os
 import re
 
@@ -90,12 +91,35 @@ def _count(text, default):
         return default
 
 
-def allowed_cpus_from_xml(root):
-    """Host CPUs a libvirt domain's threads may run on, from its XML
-    (an ElementTree root): the union of every vCPU's pinning, the
-    emulator's and the I/O threads', each defaulting to
-    ``<vcpu cpuset=...>``. None when any of them may run anywhere
-    (unpinned, or ``placement='auto'`` left to numad).
+@dataclasses.dataclass(frozen=True)
+class CpuPins:
+    """Where a domain's threads may run: each vCPU's CPUs, and the CPUs of
+    everything else (emulator, I/O threads). None: anywhere."""
+    vcpus: tuple
+    others: frozenset | None
+
+    @property
+    def per_vcpu(self):
+        """Every vCPU pinned, not all to the same CPUs as everything else:
+        only then can per-vCPU times say more than ``allowed``."""
+        return all(cpus is not None for cpus in self.vcpus) and \
+            len(set(self.vcpus) | {self.others}) > 1
+
+    @property
+    def allowed(self):
+        """Every CPU any of its threads may run on; None: anywhere."""
+        sets = list(self.vcpus) + [self.others]
+        if any(cpus is None for cpus in sets):
+            return None
+        return frozenset().union(*sets)
+
+
+def pins_from_xml(root):
+    """CpuPins of a libvirt domain from its XML (an ElementTree root):
+    each vCPU's ``<vcpupin>``, the emulator's ``<emulatorpin>`` and the
+    I/O threads' ``<iothreadpin>``, each defaulting to ``<vcpu
+    cpuset=...>``; None when nothing usable is pinned
+    (``placement='auto'`` is left to numad).
 
     Pinning changed on a running domain (``virsh vcpupin --live``) is seen
     when the domain is next started: the XML is read once per domain.
@@ -119,12 +143,60 @@ def allowed_cpus_from_xml(root):
                     'unpinned', exc)
         return None
     vcpus = _count(vcpu.text if vcpu is not None else None, 1)
-    sets = [pins.get(index) or default for index in range(vcpus)]
-    sets.append(emulator or default)
+    others = [emulator or default]
     iothreads = _count(root.findtext('iothreads'), 0)
     if iothreads:
         pinned = [p for p in (iothread_pins or []) if p]
-        sets.extend(pinned if len(pinned) >= iothreads else [default])
-    if any(s is None for s in sets):
+        others.extend(pinned if len(pinned) >= iothreads else [default])
+    others = None if any(o is None for o in others) \
+        else frozenset().union(*others)
+    result = CpuPins(tuple(pins.get(index) or default
+                           for index in range(vcpus)), others)
+    if others is None and all(v is None for v in result.vcpus):
         return None
-    return frozenset().union(*sets)
+    return result
+
+
+def allowed_cpus_from_xml(root):
+    """The CPUs all of a domain's threads may run on; None: anywhere."""
+    pins = pins_from_xml(root)
+    return pins.allowed if pins is not None else None
+
+
+def socket_cpu_ns(cpu_ns, pins, vcpu_deltas, topology):
+    """{socket: CPU ns} of one instance over an interval, for the part of
+    ``cpu_ns`` whose socket is known; the rest may have run anywhere.
+
+    All on one socket when every thread is pinned within it. Otherwise,
+    where vCPUs are pinned to different sockets (a guest spanning NUMA
+    nodes), each vCPU's own time (``vcpu_deltas``, from libvirt's
+    ``vcpu.N.time``) goes to its socket, and the remainder (emulator, I/O
+    threads) to the socket of ``pins.others`` if it has one.
+    """
+    if pins is None or not topology:
+        return {}
+    socket = socket_of(pins.allowed, topology)
+    if socket is not None:
+        return {socket: cpu_ns}
+    if not vcpu_deltas:
+        return {}
+    known, vcpu_total = {}, 0
+    for index, cpus in enumerate(pins.vcpus):
+        socket = socket_of(cpus, topology)
+        delta = vcpu_deltas.get(index)
+        if socket is None or delta is None:
+            return {}   # one vCPU floats: keep it simple, all floats
+        known[socket] = known.get(socket, 0) + delta
+        vcpu_total += delta
+    if vcpu_total > cpu_ns:
+        # Sampled together, but not to the same resolution (without a
+        # cgroup libvirt sums threads' jiffies): the vCPUs' split of the
+        # instance's own time, its rounding to the busiest socket.
+        scaled = {s: ns * cpu_ns // vcpu_total for s, ns in known.items()}
+        busiest = max(known, key=known.get)
+        scaled[busiest] += cpu_ns - sum(scaled.values())
+        return scaled
+    socket = socket_of(pins.others, topology)
+    if socket is not None:
+        known[socket] = known.get(socket, 0) + cpu_ns - vcpu_total
+    return known

@@ -4,6 +4,7 @@ libvirtd and real guests."""
 import errno
 
 from scaph_openstack.inventory import base
+from scaph_openstack.inventory import topology
 
 
 class Clock:
@@ -23,15 +24,22 @@ class StaticInventory(base.Inventory):
         self.cpu = {}
         self.identities = {}
         self.pinning = {}
+        self.vcpu_times = {}
         self.available = True
 
-    def set(self, uuid, cpu_ns, project='p1', vcpus=1, cpus=None):
+    def set(self, uuid, cpu_ns, project='p1', vcpus=1, cpus=None,
+            pins=None, vcpu_times=None):
         self.identities.setdefault(uuid, base.InstanceIdentity(
             uuid=uuid, name='instance-' + uuid, display_name='vm-' + uuid,
             project_id=project, user_id='u1', vcpus=vcpus, nova=True))
         self.cpu[uuid] = cpu_ns
         if cpus is not None:
-            self.pinning[uuid] = frozenset(cpus)
+            self.pinning[uuid] = topology.CpuPins((frozenset(cpus),),
+                                                  frozenset(cpus))
+        if pins is not None:
+            self.pinning[uuid] = pins
+        if vcpu_times is not None:
+            self.vcpu_times[uuid] = dict(vcpu_times)
 
     def remove(self, uuid):
         self.cpu.pop(uuid)
@@ -41,7 +49,8 @@ class StaticInventory(base.Inventory):
             raise base.InventoryUnavailable('libvirtd went away')
         return tuple(base.InstanceUsage(self.identities[u], c,
                                         self.identities[u].vcpus,
-                                        self.pinning.get(u))
+                                        self.pinning.get(u),
+                                        self.vcpu_times.get(u))
                      for u, c in self.cpu.items())
 
 

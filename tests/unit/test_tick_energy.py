@@ -215,3 +215,23 @@ def test_a_change_of_source_starts_a_new_epoch(tmp_path):
     assert led.zones['package-0'].measured_uj == 0
     assert led.previous_epochs[0]['source'] == 'simulated'
     assert led.previous_epochs[0]['measured_uj']['package-0'] == 10 ** 8
+
+
+def test_a_guest_spanning_both_sockets_pays_each_for_its_vcpus(tmp_path):
+    from scaph_openstack.inventory import topology
+    host = TwoSocketHost(tmp_path)
+    pins = topology.CpuPins((frozenset({0}), frozenset({1})),
+                            frozenset({0}))
+    host.inventory.set('span', 0, vcpus=2, pins=pins,
+                       vcpu_times={0: 0, 1: 0})
+    host.ticker.tick()
+    host.run(2, (100, 60), busy=(2e9, 2e9))
+    # vCPU 0 ran 1.0 s on CPU 0, vCPU 1 0.5 s on CPU 1, the emulator
+    # 0.5 s on CPU 0.
+    host.inventory.set('span', 2 * 10 ** 9, pins=pins,
+                       vcpu_times={0: 10 ** 9, 1: 5 * 10 ** 8})
+    report = host.ticker.tick()
+    record = report.ledger.instances['span']
+    assert record.placement == 'socket'
+    assert record.energy_uj == {'package-0': 75 * 10 ** 6,
+                                'package-1': 15 * 10 ** 6}

@@ -68,3 +68,43 @@ def test_per_cpu_busy_time():
     tick = hoststat.NS_PER_TICK
     assert cpu.cpu_busy_ns == {0: 25 * tick, 1: 15 * tick}
     assert cpu.busy_ns == 40 * tick and cpu.cpus == 2
+
+
+TOPO = {0: 0, 1: 0, 2: 1, 3: 1}
+
+
+def pins(xml):
+    return topology.pins_from_xml(ET.fromstring(xml))
+
+
+SPANNING = pins("""<domain><vcpu>2</vcpu><cputune>
+    <vcpupin vcpu='0' cpuset='0-1'/><vcpupin vcpu='1' cpuset='2-3'/>
+    <emulatorpin cpuset='1'/></cputune></domain>""")
+
+
+def test_a_guest_spanning_sockets_is_charged_per_vcpu():
+    assert SPANNING.allowed == {0, 1, 2, 3}
+    # 1.0 s in all: vCPU 0 0.6 s, vCPU 1 0.3 s, the emulator the rest.
+    assert topology.socket_cpu_ns(10 ** 9, SPANNING,
+                                  {0: 6 * 10 ** 8, 1: 3 * 10 ** 8},
+                                  TOPO) == {0: 7 * 10 ** 8, 1: 3 * 10 ** 8}
+
+
+def test_vcpu_times_above_the_total_are_scaled_down():
+    assert topology.socket_cpu_ns(900, SPANNING, {0: 600, 1: 600},
+                                  TOPO) == {0: 450, 1: 450}
+    assert topology.socket_cpu_ns(1000, SPANNING, {0: 700, 1: 600},
+                                  TOPO) == {0: 539, 1: 461}
+
+
+def test_unknown_placement_is_left_to_the_caller():
+    assert topology.socket_cpu_ns(100, None, None, TOPO) == {}
+    assert topology.socket_cpu_ns(100, SPANNING, None, TOPO) == {}
+    assert topology.socket_cpu_ns(100, SPANNING, {0: 10, 1: 10}, {}) == {}
+    floating_vcpu = pins("""<domain><vcpu>2</vcpu><cputune>
+        <vcpupin vcpu='0' cpuset='0'/><emulatorpin cpuset='0'/></cputune>
+        </domain>""")
+    assert topology.socket_cpu_ns(100, floating_vcpu, {0: 10, 1: 10},
+                                  TOPO) == {}
+    one_socket = pins("<domain><vcpu cpuset='2-3'>4</vcpu></domain>")
+    assert topology.socket_cpu_ns(100, one_socket, None, TOPO) == {1: 100}

@@ -5,7 +5,8 @@ The fixture tree wraps at 50 J: package-0 at 50 W (a wrap every 1.0 s)
 and dram-0 at 40 W (every 1.25 s). The agent ticks every 0.2 s, so in
 normal ticking a tick sees less than half a range and one wrap at most
 (counter_delta is exact); a pause longer than two intervals makes it
-add the whole wraps that best match the zone's last power x pause.
+add the whole wraps that best match the zone's long-run average power x
+pause.
 
 Energy is compared exactly: the fixture stands still (SteadyRapl.pause)
 when the agent takes its baseline and again before the last two ticks,
