@@ -2,6 +2,7 @@
 
     python -m tools.accuracy [--full] [--scenarios steady,steps,cross,restart]
                              [--out DIR] [--agent-rev REV]
+    python -m tools.accuracy --report DIR
 
 (``tox -e accuracy`` runs ``--full``). Each scenario runs the real agent
 with its default attribution configuration against an emulated
@@ -22,6 +23,7 @@ Full: 5-minute windows after 5 minutes, 11 minutes per scenario (about
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,11 +51,30 @@ def parse_args(argv):
                    help='override: seconds from the agent start to the end')
     p.add_argument('--warmup', type=float, default=None)
     p.add_argument('--window', type=float, default=None)
+    p.add_argument('--report', metavar='DIR', default=None,
+                   help='run nothing: print the tables of the results saved '
+                        'in DIR (by --out or SCAPH_ACCURACY_OUT)')
     return p.parse_args(argv)
+
+
+def report(directory):
+    order = [s.key for s in harness.scenarios()]
+    results = []
+    for name in sorted(os.listdir(directory)):
+        if name.endswith('.result.json'):
+            with open(os.path.join(directory, name)) as f:
+                results.append(json.load(f))
+    results.sort(key=lambda r: order.index(r['scenario'])
+                 if r['scenario'] in order else len(order))
+    for r in results:
+        print(harness.table(r))
+    return 0 if results and all(r['pass'] for r in results) else 1
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.report:
+        return report(args.report)
     reason = libvirtd.unavailable_reason()
     if reason:
         print('cannot run: %s' % reason, file=sys.stderr)
@@ -70,7 +91,12 @@ def main(argv=None):
     out = args.out or os.path.join(
         tempfile.gettempdir(),
         'scaph-accuracy-' + time.strftime('%Y%m%d-%H%M%S'))
-    rev = None if args.agent_rev == 'worktree' else args.agent_rev
+    rev = None
+    if args.agent_rev != 'worktree':
+        # one commit for every scenario, even if HEAD moves meanwhile
+        rev = subprocess.run(['git', 'rev-parse', args.agent_rev],
+                             cwd=harness.REPO_ROOT, check=True,
+                             capture_output=True, text=True).stdout.strip()
     results = []
     for scn in chosen:
         if args.duration:
