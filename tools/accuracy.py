@@ -17,7 +17,7 @@ latest tables.
 
 Full: 5-minute windows after 5 minutes, 11 minutes per scenario (about
 47 minutes for all four). Short (the default, what tests/accuracy runs):
-60 s windows after 90 s, about 3 minutes per scenario.
+60 s windows after 120 s, about 3.3 minutes per scenario.
 """
 
 import argparse

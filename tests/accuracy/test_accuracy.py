@@ -1,7 +1,7 @@
 """Issue 9's targets, short version (CI): the real agent with its default
 attribution configuration, the emulated two-socket tree, real guests.
 
-Each scenario runs about 3 minutes (90 s warm-up, then 60 s windows);
+Each scenario runs about 3.3 minutes (120 s warm-up, then 60 s windows);
 every VM's attributed dynamic energy must be within 10 % of the truth in
 every window, conservation exact in every snapshot, and after a restart
 the learned idle estimate must still be there. The full version (5-minute
