@@ -37,6 +37,15 @@ def additive_total(kind_totals):
     return sum(kind_totals.get(kind, 0) for kind in ADDITIVE_KINDS)
 
 
+def by_kind(per_zone):
+    """{kind: µJ} summed over the zones of each kind, in one pass."""
+    totals = {}
+    for zone, value in per_zone.items():
+        kind = zone_kind(zone)
+        totals[kind] = totals.get(kind, 0) + value
+    return totals
+
+
 @dataclasses.dataclass
 class InstanceRecord:
     identity: inventory_base.InstanceIdentity
@@ -51,23 +60,14 @@ class InstanceRecord:
     placement: str = ''
 
     def kind_totals(self):
-        """{kind: µJ} summed over the zones of each kind, in one pass."""
-        totals = {}
-        for zone, value in self.energy_uj.items():
-            kind = zone_kind(zone)
-            totals[kind] = totals.get(kind, 0) + value
-        return totals
+        return by_kind(self.energy_uj)
 
     @property
     def total_uj(self):
         return additive_total(self.kind_totals())
 
     def idle_kind_totals(self):
-        totals = {}
-        for zone, value in self.idle_uj.items():
-            kind = zone_kind(zone)
-            totals[kind] = totals.get(kind, 0) + value
-        return totals
+        return by_kind(self.idle_uj)
 
     def reset_counters(self):
         self.energy_uj, self.idle_uj, self.power_w = {}, {}, 0.0
