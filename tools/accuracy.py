@@ -16,7 +16,7 @@ meets its targets, 1 otherwise. Needs root, libvirtd and QEMU
 latest tables.
 
 Full: 5-minute windows after 5 minutes, 11 minutes per scenario (about
-47 minutes for all four). Short (the default, what tests/accuracy runs):
+45 minutes for all four). Short (the default, what tests/accuracy runs):
 60 s windows after 120 s, about 3.3 minutes per scenario.
 """
 
