@@ -106,7 +106,13 @@ class LibvirtInventory(base.Inventory):
         cpu_time = stats.get('cpu.time')
         if not isinstance(cpu_time, int) or cpu_time < 0:
             return None
-        identity, pins = self._describe(domain)
+        try:
+            identity, pins = self._describe(domain)
+        except libvirt.libvirtError as exc:
+            # Gone between the bulk call and this one (destroyed, migrated
+            # away): not an outage, just not an instance of this tick.
+            LOG.debug('Domain vanished while being described: %s', exc)
+            return None
         vcpus = stats.get('vcpu.current') or identity.vcpus or 1
         vcpu_times = None
         if pins is not None and pins.per_vcpu:
