@@ -29,9 +29,9 @@ INTEL_TWO_SOCKETS_DRAM = (
 
 
 def load_profile(seed=42):
-    """Host load per interval: idle first (so the learned idle power is
-    the zones' real floor, as on a host that was ever quiet), then busy
-    between 30 and 90 %."""
+    """Host load per interval: idle first, then busy between 30 and 90 %
+    (a varying load, from which the agent learns the zones' idle power;
+    the bench measures cost, doc/accuracy.md the numbers)."""
     rng = random.Random(seed)
     yield 0.0
     while True:
