@@ -455,7 +455,10 @@ def test_samples_reach_the_notification_agent(tmp_path, instance, broker,
                                               processes):
     agent = start_agent(tmp_path, stale_after=30)
     processes.append(agent)
-    agent.wait_for_snapshot(running(instance))
+    # Charged: a tick has split energy, so every zone has its idle
+    # estimate (the baseline tick's snapshot has none yet, and a fast
+    # first poll would read it).
+    agent.wait_for_snapshot(running(instance, charged=True))
 
     out = os.path.join(str(tmp_path), 'samples.json')
     notif_dir = tmp_path / 'notification'
