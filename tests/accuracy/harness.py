@@ -134,7 +134,11 @@ def scenarios(full=False):
         Scenario(
             'restart', 'd) agent killed and restarted mid-run',
             DISTINCT,
-            [GuestSpec('restart-0', 'duty:60', '0'),
+            # Short: duty 45, not 60. With 60 plus the noise, socket 0 sat
+            # near 100 % busy in a loaded CI run, its utilisation hardly
+            # moved and the idle fit had not converged after 3 minutes
+            # (doc/accuracy.md); the full version has the time.
+            [GuestSpec('restart-0', 'duty:60' if full else 'duty:45', '0'),
              GuestSpec('restart-1', 'bursty:2:3', '1')],
             [NoiseSpec(1, loads.varying(0.05, 0.35, seed=41), 12.0),
              NoiseSpec(0, loads.varying(0.0, 0.3, seed=42), 10.0)],
