@@ -5,6 +5,15 @@ import dataclasses
 import functools
 
 
+# What the hypervisor says of an instance it still defines. Only a running
+# instance uses CPU; a paused or shut-off one keeps its counters and its
+# share, and is not "gone" until the hypervisor no longer defines it.
+STATE_RUNNING = 'running'
+STATE_PAUSED = 'paused'
+STATE_SHUTOFF = 'shutoff'
+STATES = (STATE_RUNNING, STATE_PAUSED, STATE_SHUTOFF)
+
+
 class InventoryUnavailable(Exception):
     """The hypervisor cannot be asked right now (libvirtd away, ...).
 
@@ -49,6 +58,9 @@ class InstanceUsage:
     # Cumulative ns of each vCPU, only where its vCPUs are pinned to
     # different sockets (the only case that needs them).
     vcpu_time_ns: dict | None = None
+    # STATE_RUNNING, STATE_PAUSED or STATE_SHUTOFF. A shut-off instance
+    # has cpu_time_ns 0 (its CPU time is gone with its QEMU).
+    state: str = STATE_RUNNING
 
     @property
     def uuid(self):
@@ -62,7 +74,8 @@ class Inventory(abc.ABC):
 
     @abc.abstractmethod
     def list_instances(self) -> tuple[InstanceUsage, ...]:
-        """Every running instance; raise InventoryUnavailable if unknown."""
+        """Every instance the hypervisor defines (running, paused or shut
+        off, by ``state``); raise InventoryUnavailable if unknown."""
 
     def close(self):
         pass
