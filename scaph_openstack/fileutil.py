@@ -45,8 +45,10 @@ def _create_temporary(dir_fd, name, mode):
             continue
 
 
-def replace_at(dir_fd, name, data, mode=0o644, fsync=False):
-    """Atomically make ``name`` in ``dir_fd`` hold ``data`` (bytes).
+def replace_at(dir_fd, name, data, mode=0o644, fsync=False, gid=None):
+    """Atomically make ``name`` in ``dir_fd`` hold ``data`` (bytes), with
+    ``mode`` and, when given, group ``gid`` (set before the rename: the
+    file is never visible with other permissions).
 
     On any error (ENOSPC on a full disk, ...) the temporary file is removed
     and the old content stays in place; the error propagates.
@@ -57,6 +59,8 @@ def replace_at(dir_fd, name, data, mode=0o644, fsync=False):
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
+            if gid is not None:
+                os.fchown(fd, -1, gid)
             os.fchmod(fd, mode)  # the umask must not decide what guests see
             if fsync:
                 os.fsync(fd)
@@ -71,12 +75,12 @@ def replace_at(dir_fd, name, data, mode=0o644, fsync=False):
         os.fsync(dir_fd)
 
 
-def replace_file(path, data, mode=0o644, fsync=True):
+def replace_file(path, data, mode=0o644, fsync=True, gid=None):
     """replace_at for a path; the parent directory is created if missing."""
     parent, name = os.path.split(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     with opened_dir(parent) as dir_fd:
-        replace_at(dir_fd, name, data, mode=mode, fsync=fsync)
+        replace_at(dir_fd, name, data, mode=mode, fsync=fsync, gid=gid)
 
 
 def _pid_alive(pid):

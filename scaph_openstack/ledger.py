@@ -17,6 +17,14 @@ from scaph_openstack.inventory import base as inventory_base
 
 FORMAT = 'scaph-openstack.ledger'
 VERSION = 1
+# What the hypervisor said of an instance at the last tick. An instance
+# it still defines (running, paused, shut off) keeps its counters and its
+# share; only an undefined one counts towards [agent] retention.
+STATE_RUNNING = inventory_base.STATE_RUNNING
+STATE_PAUSED = inventory_base.STATE_PAUSED
+STATE_SHUTOFF = inventory_base.STATE_SHUTOFF
+STATE_UNDEFINED = 'undefined'
+STATES = inventory_base.STATES + (STATE_UNDEFINED,)
 # Zone kinds that add up to an instance's total. core/uncore are parts of
 # the package and psys contains both: adding them would count twice.
 ADDITIVE_KINDS = ('package', 'dram')
@@ -53,11 +61,22 @@ class InstanceRecord:
     # part alone; dynamic = energy - idle.
     energy_uj: dict[str, int] = dataclasses.field(default_factory=dict)
     first_seen: float = 0.0
-    last_seen: float = 0.0
+    last_seen: float = 0.0     # wall clock, for people; never compared
     power_w: float = 0.0
-    running: bool = True
+    state: str = STATE_RUNNING
     idle_uj: dict[str, int] = dataclasses.field(default_factory=dict)
     placement: str = ''
+    # Seconds (monotonic, summed tick by tick) the hypervisor has not
+    # defined it: what [agent] retention is compared with. A wall-clock
+    # "last seen" would let an NTP step delete live counters.
+    absent_s: float = 0.0
+    # Bumped on every change; not persisted. The report reuses the totals
+    # of records that did not change (report.ReportBuilder).
+    version: int = dataclasses.field(default=0, compare=False)
+
+    @property
+    def running(self):
+        return self.state == STATE_RUNNING
 
     def kind_totals(self):
         return by_kind(self.energy_uj)
@@ -71,6 +90,7 @@ class InstanceRecord:
 
     def reset_counters(self):
         self.energy_uj, self.idle_uj, self.power_w = {}, {}, 0.0
+        self.version += 1
 
 
 @dataclasses.dataclass
@@ -130,30 +150,41 @@ class Ledger:
             zone.reset_counters()
         self.attribution_state = {}
 
-    def add_tick(self, splits, zones, identities, interval_s, now,
+    def add_tick(self, splits, zones, present, interval_s, now,
                  placements=None):
         """Add one tick's ZoneSplits. ``zones``: every zone read this tick
         (anything with name, kind and socket, e.g. ZoneReading);
-        ``identities``: uuid -> identity of every instance running now;
-        ``placements``: uuid -> how its CPU time was placed on sockets."""
+        ``present``: uuid -> (identity, state) of every instance the
+        hypervisor defines now, or None when the inventory could not say
+        (then nobody's state changes); ``placements``: uuid -> how its
+        CPU time was placed on sockets."""
         placements = placements or {}
-        for uuid, identity in identities.items():
-            record = self.instances.get(uuid)
-            if record is None:
-                record = self.instances[uuid] = InstanceRecord(
-                    identity, first_seen=now)
-            record.identity, record.last_seen, record.running = \
-                identity, now, True
-            record.power_w = 0.0
-            record.placement = placements.get(uuid, record.placement)
-        for uuid in set(self.instances) - set(identities):
-            self.instances[uuid].running = False
-            self.instances[uuid].power_w = 0.0
+        for record in self.instances.values():
+            if record.power_w:
+                record.power_w = 0.0
+                record.version += 1
+        if present is not None:
+            self._update_presence(present, now, placements)
         for zone in zones:
             self.zones.setdefault(zone.name, ZoneRecord(
                 zone.name, zone.kind, zone.socket))
         for split in splits:
             self._add_split(split, interval_s)
+
+    def _update_presence(self, present, now, placements):
+        for uuid, (identity, state) in present.items():
+            record = self.instances.get(uuid)
+            if record is None:
+                record = self.instances[uuid] = InstanceRecord(
+                    identity, first_seen=now)
+            record.identity, record.last_seen = identity, now
+            record.state, record.absent_s = state, 0.0
+            record.placement = placements.get(uuid, record.placement)
+            record.version += 1
+        for uuid, record in self.instances.items():
+            if uuid not in present and record.state != STATE_UNDEFINED:
+                record.state = STATE_UNDEFINED
+                record.version += 1
 
     def _add_split(self, split, interval_s):
         zone = self.zones[split.zone]
@@ -175,16 +206,23 @@ class Ledger:
             record = self.instances[uuid]
             record.energy_uj[split.zone] = \
                 record.energy_uj.get(split.zone, 0) + uj
+            record.version += 1
             if additive and interval_s:
                 record.power_w += uj / interval_s / 1e6
         for uuid, uj in split.idle_instances.items():
             record = self.instances[uuid]
             record.idle_uj[split.zone] = record.idle_uj.get(split.zone, 0) + uj
 
-    def expire(self, now, retention):
-        """Drop instances not seen for ``retention`` seconds; their UUIDs."""
-        gone = [uuid for uuid, record in self.instances.items()
-                if not record.running and now - record.last_seen > retention]
+    def expire(self, elapsed_s, retention):
+        """Count ``elapsed_s`` (monotonic seconds since the last tick) of
+        absence for every undefined instance and drop those absent for
+        more than ``retention`` seconds; their UUIDs."""
+        gone = []
+        for uuid, record in self.instances.items():
+            if record.state == STATE_UNDEFINED:
+                record.absent_s += elapsed_s
+                if record.absent_s > retention:
+                    gone.append(uuid)
         for uuid in gone:
             del self.instances[uuid]
         return gone
@@ -205,14 +243,15 @@ class Ledger:
                 {'identity': r.identity.as_dict(),
                  'energy_uj': r.energy_uj, 'first_seen': r.first_seen,
                  'last_seen': r.last_seen, 'power_w': r.power_w,
-                 'running': r.running, 'idle_uj': r.idle_uj,
-                 'placement': r.placement}
+                 'state': r.state, 'absent_s': r.absent_s,
+                 'idle_uj': r.idle_uj, 'placement': r.placement}
                 for r in self.instances.values()],
         }
 
     @classmethod
     def from_dict(cls, doc):
-        if doc.get('format') != FORMAT or doc.get('version') != VERSION:
+        if not isinstance(doc, dict) or doc.get('format') != FORMAT or \
+                doc.get('version') != VERSION:
             raise LedgerError('not a version %d ledger' % VERSION)
         ledger = cls()
         # Ledgers of the first release lack these: their source is
@@ -226,9 +265,16 @@ class Ledger:
             ledger.zones[zone['name']] = ZoneRecord(**zone)
         for item in doc['instances']:
             identity = inventory_base.InstanceIdentity(**item.pop('identity'))
-            record = InstanceRecord(identity, **item)
-            record.running = False  # until the inventory sees it again
-            ledger.instances[identity.uuid] = record
+            # Ledgers before the lifecycle states had only "running";
+            # the first tick's inventory tells the state anyway.
+            running = item.pop('running', None)
+            item.setdefault('state', STATE_RUNNING if running is not False
+                            else STATE_UNDEFINED)
+            if item['state'] not in STATES:
+                raise LedgerError('instance %s has unknown state %r'
+                                  % (identity.uuid, item['state']))
+            ledger.instances[identity.uuid] = InstanceRecord(identity,
+                                                             **item)
         return ledger
 
     def save(self, path):
@@ -245,7 +291,8 @@ class Ledger:
             return cls.from_dict(doc)
         except FileNotFoundError:
             return cls()
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError,
+                AttributeError) as exc:
             raise LedgerError(
                 'ledger %s is unusable (%s). Counters are not reset '
                 'silently: restore it, or move it aside to start every '

@@ -2,9 +2,11 @@
 
 In order and exactly once each: list instances (one bulk call), read every
 energy zone and the host's CPU time right after it, compute deltas since
-the previous tick, split each zone's delta, add the split to the ledger,
-persist the ledger, hand the report to every publisher. Nothing reads back
-what a publisher wrote.
+the previous tick, split each zone's delta, add the split to the ledger.
+When a publisher is due (its ``min_interval`` passed, or instances came,
+changed state or went): persist the ledger, build one frozen Report from
+it, hand that to the publishers that are due. Nothing reads back what a
+publisher wrote, and nothing is published that the disk does not hold.
 """
 
 import dataclasses
@@ -18,24 +20,13 @@ from scaph_openstack.energy import base as energy_base
 from scaph_openstack.inventory import base as inventory_base
 from scaph_openstack.inventory import hoststat
 from scaph_openstack.inventory import topology
+from scaph_openstack import report as report_mod
+from scaph_openstack import statelog
 
 LOG = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class TickReport:
-    """What publishers get: the ledger after a tick and how it was made."""
-    host: str
-    time: float
-    interval_s: float
-    configured_interval_s: float
-    stale_after_s: float
-    source: str
-    model: str
-    idle_policy: str
-    ledger: object
-    splits: tuple = ()
-    expired: tuple = ()
+# With no publisher due for this long, the ledger is saved anyway: a crash
+# loses at most this much of the counters (and the learned idle power).
+MAX_UNSAVED_S = 300.0
 
 
 @dataclasses.dataclass
@@ -88,22 +79,6 @@ def socket_cpus(topology):
     return cpus
 
 
-class StateChangeLogger:
-    """Logs a condition when it starts and when it ends, not every tick."""
-
-    def __init__(self):
-        self._active = {}
-
-    def failed(self, key, message, *args):
-        if key not in self._active:
-            LOG.error(message, *args)
-        self._active[key] = True
-
-    def recovered(self, key, message, *args):
-        if self._active.pop(key, None):
-            LOG.info(message, *args)
-
-
 class Ticker:
     """One tick: list instances, read energy and host CPU time right
     after (so the instances' CPU time and the energy cover the same
@@ -137,10 +112,18 @@ class Ticker:
         self.max_zone_power_w = max_zone_power_w
         self.baseline = None
         self.source = None
-        self.states = StateChangeLogger()
+        self.states = statelog.StateLog(LOG)
         self.counters = {}          # zone name -> ZoneCounter
         self.last_sample = None     # monotonic time of the last reading
+        self.last_splits = ()       # the last tick's ZoneSplits
+        self.last_report = None
         self._energy_lock = threading.Lock()
+        self._builder = report_mod.ReportBuilder()
+        self._published_at = {}     # publisher index -> monotonic time
+        self._presence = None       # uuid -> state, at the last tick
+        self._expired = []          # dropped since the last report
+        self._dirty = False         # the ledger has what the disk lacks
+        self._saved_at = None       # monotonic time of the last save try
         attribution.load_state(ledger.attribution_state)
 
     # -- energy, on its own schedule ----------------------------------------
@@ -234,12 +217,27 @@ class Ticker:
                 counter.pending_uj, counter.window_start = 0, counter.time
 
     # -- reading -------------------------------------------------------------
-    def _read_inputs(self):
-        """(instances, EnergyReading, monotonic and wall time of that
-        reading, HostCpuTime) or None if unusable."""
+    def _list_instances(self):
+        """Every defined instance, or None when the inventory cannot say
+        now (libvirtd away or stalled past its deadline)."""
         try:
             instances = self.inventory.list_instances()
-            self.states.recovered('inventory', 'Inventory available again')
+        except inventory_base.InventoryUnavailable as exc:
+            self.states.failed('inventory', 'Inventory unavailable: host '
+                               'zones are still metered, this window\'s '
+                               'energy stays unattributed until it is '
+                               'back: %s', exc)
+            return None
+        self.states.recovered('inventory', 'Inventory available again, '
+                              'metering instances again')
+        return instances
+
+    def _read_inputs(self):
+        """(instances or None, EnergyReading, monotonic and wall time of
+        that reading, HostCpuTime), or None if energy or host CPU time
+        cannot be read."""
+        instances = self._list_instances()
+        try:
             reading, now = self.sample_energy()
             wall = self.wallclock()
             self.states.recovered('energy', 'Energy source readable again')
@@ -250,12 +248,6 @@ class Ticker:
             return None
         except hoststat.HostStatError as exc:
             self.states.failed('hoststat', 'Cannot read host CPU: %s', exc)
-            return None
-        except inventory_base.InventoryUnavailable as exc:
-            self.states.failed('inventory', 'Inventory unavailable, '
-                               'attribution paused (no energy is lost: the '
-                               'next good tick covers the gap): %s', exc)
-            self.sample_if_due(0.0)   # keep the counters' wraps exact
             return None
         return instances, reading, now, wall, host_cpu
 
@@ -289,14 +281,26 @@ class Ticker:
         return attribution_base.PLACEMENT_HOST_WIDE
 
     def _usage(self, instances):
-        """(UsageDeltas, {uuid: placement})."""
-        if self.baseline is None:
+        """(UsageDeltas, {uuid: placement}) of the instances that have a
+        QEMU (running or paused)."""
+        if self.baseline is None or instances is None:
             return (), {}
-        deltas = tuple(self._usage_delta(i) for i in instances)
+        deltas = tuple(self._usage_delta(i) for i in instances
+                       if i.state != inventory_base.STATE_SHUTOFF)
         # One socket: host-wide and per-socket are the same split.
         one_socket = len(self.socket_cpus) == 1
         return deltas, {d.uuid: self._placement(d, one_socket)
                         for d in deltas}
+
+    def _next_baseline(self, now, host_cpu, instances):
+        if instances is None:
+            # Instances' CPU time since the last good inventory spans
+            # windows whose energy is already counted as unattributed:
+            # each starts again from its next reading.
+            return Baseline(now, host_cpu, {}, {})
+        return Baseline(
+            now, host_cpu, {i.uuid: i.cpu_time_ns for i in instances},
+            {i.uuid: i.vcpu_time_ns for i in instances if i.vcpu_time_ns})
 
     def _check_epoch(self, source, wall):
         """A ledger counted with another energy source is closed: its
@@ -316,7 +320,8 @@ class Ticker:
 
     # -- the tick ------------------------------------------------------------
     def tick(self):
-        """Run one tick; the TickReport published, or None."""
+        """Run one tick; the Report published, or None when nothing was
+        published (no publisher due, or the tick failed)."""
         inputs = self._read_inputs()
         if inputs is None:
             return None
@@ -332,27 +337,64 @@ class Ticker:
             splits = self.attribution.split(
                 self._take_zone_deltas(reading), interval,
                 self._host_usage(host_cpu), usage, now)
-        self.ledger.add_tick(splits, reading.zones,
-                             {i.uuid: i.identity for i in instances},
-                             interval, wall, placements)
-        expired = tuple(self.ledger.expire(wall, self.retention_s))
-        self.baseline = Baseline(
-            now, host_cpu, {i.uuid: i.cpu_time_ns for i in instances},
-            {i.uuid: i.vcpu_time_ns for i in instances if i.vcpu_time_ns})
+        present = None if instances is None else {
+            i.uuid: (i.identity, i.state) for i in instances}
+        self.ledger.add_tick(splits, reading.zones, present, interval, wall,
+                             placements)
+        expired = self.ledger.expire(interval, self.retention_s)
+        self._expired.extend(expired)
+        self.baseline = self._next_baseline(now, host_cpu, instances)
         self.ledger.attribution_state = self.attribution.state()
-        if not self._persist():
+        self.last_splits = splits
+        self._dirty = True
+        changed = self._presence_changed(present) or bool(expired)
+        due = self._due_publishers(now, force=changed)
+        if not due:
+            if self._saved_at is None or now - self._saved_at >= \
+                    MAX_UNSAVED_S:
+                self.persist(now)
             return None
-        report = TickReport(
-            host=self.host, time=wall, interval_s=interval,
+        if not self.persist(now):
+            return None
+        report = self._builder.build(
+            self.ledger, host=self.host, time=wall, interval_s=interval,
             configured_interval_s=self.configured_interval_s,
             stale_after_s=self.stale_after_s, source=reading.source,
             model=self.attribution.name,
             idle_policy=getattr(self.attribution, 'idle_policy', ''),
-            ledger=self.ledger, splits=splits, expired=expired)
-        self._publish(report)
+            expired=tuple(self._expired), inventory_ok=present is not None)
+        self._expired = []
+        self.last_report = report
+        self._publish(report, due, now)
         return report
 
-    def _persist(self):
+    def _presence_changed(self, present):
+        """Did an instance come, go or change state since the last tick?
+        Then every publisher shows it now, not at its next interval."""
+        if present is None:
+            return False
+        states = {uuid: state for uuid, (_identity, state)
+                  in present.items()}
+        changed = states != self._presence
+        self._presence = states
+        return changed
+
+    def _due_publishers(self, now, force=False):
+        """Indexes of the publishers to run now."""
+        due = []
+        for index, publisher in enumerate(self.publishers):
+            last = self._published_at.get(index)
+            interval = getattr(publisher, 'min_interval', 0.0) or 0.0
+            if force or last is None or now - last >= interval:
+                due.append(index)
+        return due
+
+    def persist(self, now=None):
+        """Save the ledger if it changed since the last save; False if it
+        cannot be saved (then nothing is published)."""
+        if not self._dirty:
+            return True
+        self._saved_at = self.clock() if now is None else now
         # Publishing a value the disk does not hold could let a guest see
         # a counter go backwards after a restart: no save, no publish.
         try:
@@ -362,14 +404,17 @@ class Ticker:
                                'publishing paused, counting goes on in '
                                'memory: %s', self.ledger_path, exc)
             return False
+        self._dirty = False
         self.states.recovered('persist', 'Ledger saved again to %s',
                               self.ledger_path)
         return True
 
-    def _publish(self, report):
-        for publisher in self.publishers:
+    def _publish(self, report, due, now):
+        for index in due:
+            publisher = self.publishers[index]
             try:
                 publisher.publish(report)
+                self._published_at[index] = now
                 self.states.recovered('publish-' + publisher.name,
                                       'Publisher %s works again',
                                       publisher.name)

@@ -7,6 +7,10 @@ OPTS = [
                        help='Address the /metrics endpoint binds to.'),
     cfg.PortOpt('port', default=9109,
                 help='Port of the /metrics endpoint.'),
+    cfg.FloatOpt('min_interval', default=10.0, min=0,
+                 help='Seconds between two updates of what /metrics shows '
+                      '(each needs the ledger saved first). Keep it at or '
+                      'below the scrape interval.'),
 ]
 
 

@@ -1,28 +1,29 @@
 """Publisher ``prometheus``: /metrics over HTTP with prometheus_client.
 
-A custom collector renders the ledger at scrape time, so a tick costs
-nothing here and instances that are gone vanish from the output with
-the ledger entry.
+A custom collector renders the latest frozen report at scrape time, so a
+tick costs nothing here and instances that are gone vanish from the
+output with their ledger entry. The HTTP thread reads only the report it
+took (one attribute read): never the live ledger, never a value the disk
+does not hold yet.
 """
 
 from prometheus_client import core
 from prometheus_client import exposition
 
-from scaph_openstack import ledger
 from scaph_openstack.publishers import base
 
 INSTANCE_LABELS = ('instance_uuid', 'name', 'display_name', 'project_id',
                    'project_name', 'user_id', 'user_name', 'source')
 
 
-def _label_values(record, source):
-    i = record.identity
+def _label_values(totals, source):
+    i = totals.identity
     return [i.uuid, i.name, i.display_name or '', i.project_id or '',
             i.project_name or '', i.user_id or '', i.user_name or '',
             source]
 
 
-class LedgerCollector:
+class ReportCollector:
 
     def __init__(self):
         self.report = None
@@ -47,14 +48,12 @@ class LedgerCollector:
             'scaph_instance_power_watts',
             'Average power attributed over the last interval',
             labels=INSTANCE_LABELS)
-        for record in report.ledger.instances.values():
-            labels = _label_values(record, report.source)
-            total = record.total_uj
-            idle_uj = ledger.additive_total(record.idle_kind_totals())
-            energy.add_metric(labels, total / 1e6)
-            dynamic.add_metric(labels, (total - idle_uj) / 1e6)
-            idle.add_metric(labels, idle_uj / 1e6)
-            power.add_metric(labels, record.power_w)
+        for totals in report.instances.values():
+            labels = _label_values(totals, report.source)
+            energy.add_metric(labels, totals.total_uj / 1e6)
+            dynamic.add_metric(labels, totals.dynamic_uj / 1e6)
+            idle.add_metric(labels, totals.idle_total_uj / 1e6)
+            power.add_metric(labels, totals.power_w)
         zone = core.CounterMetricFamily(
             'scaph_host_zone_energy_joules',
             'Energy measured (or simulated) in each host zone',
@@ -68,7 +67,7 @@ class LedgerCollector:
             'Idle power of the zone: configured, learned, or a '
             'conservative estimate while calibrating',
             labels=('zone', 'state', 'source'))
-        for z in report.ledger.zones.values():
+        for z in report.zones:
             if z.idle_estimate_state:
                 idle_power.add_metric([z.name, z.idle_estimate_state,
                                        report.source], z.idle_estimate_w)
@@ -86,20 +85,21 @@ class PrometheusPublisher(base.Publisher):
 
     name = 'prometheus'
 
-    def __init__(self, address='127.0.0.1', port=9109):
+    def __init__(self, address='127.0.0.1', port=9109, min_interval=0.0):
         self.address = address
         self.port = port
-        self.collector = LedgerCollector()
+        self.min_interval = min_interval
+        self.collector = ReportCollector()
         self.registry = core.CollectorRegistry()
         self.registry.register(self.collector)
         self._server = None
-
 
     def start(self):
         self._server, _thread = exposition.start_http_server(
             self.port, addr=self.address, registry=self.registry)
 
     def publish(self, report):
+        # One reference swap: a scrape in flight keeps the report it took.
         self.collector.report = report
 
     def stop(self):
@@ -110,4 +110,5 @@ class PrometheusPublisher(base.Publisher):
 
 def from_conf(conf):
     return PrometheusPublisher(conf.prometheus.listen_address,
-                               conf.prometheus.port)
+                               conf.prometheus.port,
+                               conf.prometheus.min_interval)

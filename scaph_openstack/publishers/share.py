@@ -7,34 +7,20 @@ and 1 J keep scaphandre's power readings useful (it averages over its own
 interval) while blurring the fine-grained variations a side channel needs.
 """
 
+import logging as std_logging
 import os
 import time
 
 from oslo_log import log as logging
 
-from scaph_openstack.attribution import idle
-from scaph_openstack import ledger
 from scaph_openstack.privsep import mounts
 from scaph_openstack.publishers import base
 from scaph_openstack.share import layout
 from scaph_openstack.share import tree
+from scaph_openstack import statelog
 
 LOG = logging.getLogger(__name__)
 ORPHAN_SCAN_INTERVAL_S = 60.0
-
-
-def host_idle_estimate(zones):
-    """{state, watts} over the package and dram zones: the least settled
-    state (calibrating < learned < configured) and the summed watts."""
-    additive = [z for z in zones if z.kind in ledger.ADDITIVE_KINDS
-                and z.idle_estimate_state]
-    if not additive:
-        return None
-    state = min((z.idle_estimate_state for z in additive),
-                key=lambda s: idle.STATES.index(s)
-                if s in idle.STATES else -1)
-    return {'state': state,
-            'watts': round(sum(z.idle_estimate_w for z in additive), 3)}
 
 
 class SharePublisher(base.Publisher):
@@ -56,8 +42,8 @@ class SharePublisher(base.Publisher):
         self._last_write = {}    # uuid -> monotonic time
         self._last_values = {}   # uuid -> (package, dram) written
         self._last_scan = None
-        self._failing = set()
-
+        self._orphans = {}       # directory name -> monotonic first sight
+        self.states = statelog.StateLog(LOG)
 
     def start(self):
         if self.manage_mounts:
@@ -73,14 +59,12 @@ class SharePublisher(base.Publisher):
         last = self._last_write.get(uuid)
         return last is None or now - last >= self.min_interval
 
-    def _files(self, uuid, record, report, with_dram, idle_estimate):
+    def _files(self, uuid, totals, report, with_dram, idle_estimate):
         """What changed since this process last wrote the tree: the whole
         tree the first time, then only counters that moved, and the meta
         file (its time says the agent is alive)."""
-        totals = record.kind_totals()
-        package = layout.quantise(totals.get('package', 0),
-                                  self.resolution_uj)
-        dram = (layout.quantise(totals.get('dram', 0), self.resolution_uj)
+        package = layout.quantise(totals.package_uj, self.resolution_uj)
+        dram = (layout.quantise(totals.dram_uj, self.resolution_uj)
                 if with_dram else None)
         last = self._last_values.get(uuid)
         files = {}
@@ -99,7 +83,7 @@ class SharePublisher(base.Publisher):
                 uuid, report.time,
                 max(self.min_interval, report.configured_interval_s),
                 report.source, report.model, self.resolution_uj,
-                getattr(report.ledger, 'epoch', None), idle_estimate))
+                report.epoch, idle_estimate))
         return files
 
     def publish(self, report):
@@ -109,39 +93,39 @@ class SharePublisher(base.Publisher):
             # everything must be written again.
             self._last_values.clear()
             self._last_write.clear()
-        with_dram = report.ledger.has_kind('dram')
-        idle_estimate = host_idle_estimate(report.ledger.zones.values())
-        for uuid, record in report.ledger.instances.items():
-            # Stopped instances are written once per agent lifetime: after
-            # a host reboot the tmpfs is empty, and a guest whose share
-            # directory is missing cannot start (virtiofsd refuses it).
+        with_dram = report.has_kind('dram')
+        idle_estimate = report.host_idle_estimate()
+        for uuid, totals in report.instances.items():
+            # Instances that do not run (paused, shut off, undefined) are
+            # written once per agent lifetime: after a host reboot the
+            # tmpfs is empty, and a guest whose share directory is
+            # missing cannot start (virtiofsd refuses it).
             if not self._due(uuid, now) or \
-                    (not record.running and uuid in self._last_write):
+                    (not totals.running and uuid in self._last_write):
                 continue
-            try:
-                self.tree.write_instance(
-                    uuid, self._files(uuid, record, report, with_dram,
-                                      idle_estimate))
-            except (layout.LayoutError, OSError) as exc:
-                # One broken tree (a full tmpfs, something planted in it)
-                # must not stop the other instances' updates.
-                self._last_values.pop(uuid, None)
-                self.tree.forget(uuid)
-                if uuid not in self._failing:
-                    LOG.warning('Cannot update the share of %s: %s',
-                                uuid, exc)
-                    self._failing.add(uuid)
-                continue
-            if uuid in self._failing:
-                LOG.info('Share of %s updated again', uuid)
-                self._failing.discard(uuid)
-            self._last_write[uuid] = now
+            self._write(uuid, totals, report, with_dram, idle_estimate, now)
         for uuid in report.expired:
             self._forget(uuid)
         self._remove_orphans(report, now)
 
+    def _write(self, uuid, totals, report, with_dram, idle_estimate, now):
+        try:
+            self.tree.write_instance(
+                uuid, self._files(uuid, totals, report, with_dram,
+                                  idle_estimate))
+        except (layout.LayoutError, OSError) as exc:
+            # One broken tree (a full tmpfs, something planted in it)
+            # must not stop the other instances' updates.
+            self._last_values.pop(uuid, None)
+            self.tree.forget(uuid)
+            self.states.failed(uuid, 'Cannot update the share of %s: %s',
+                               uuid, exc, level=std_logging.WARNING)
+            return
+        self.states.recovered(uuid, 'Share of %s updated again', uuid)
+        self._last_write[uuid] = now
+
     def _forget(self, uuid):
-        self._failing.discard(uuid)
+        self.states.forget(uuid)
         self._last_write.pop(uuid, None)
         self._last_values.pop(uuid, None)
         try:
@@ -150,18 +134,24 @@ class SharePublisher(base.Publisher):
             pass
 
     def _remove_orphans(self, report, now):
-        """Directories no ledger entry owns, older than the retention:
+        """Directories no ledger entry owns for longer than the retention
+        (monotonic time, counted from when this agent first saw them):
         instances deleted while the agent was down. Younger ones may be
         instances Nova is starting right now."""
         if self._last_scan is not None and \
                 now - self._last_scan < ORPHAN_SCAN_INTERVAL_S:
             return
         self._last_scan = now
-        for name, mtime in self.tree.instances():
-            if name not in report.ledger.instances and \
-                    report.time - mtime > self.retention_s:
+        orphans = {name for name, _mtime in self.tree.instances()
+                   if name not in report.instances}
+        for name in set(self._orphans) - orphans:
+            del self._orphans[name]
+        for name in orphans:
+            first_seen = self._orphans.setdefault(name, now)
+            if now - first_seen > self.retention_s:
                 LOG.info('Removing share of vanished instance %s', name)
                 self._forget(name)
+                del self._orphans[name]
 
 
 def from_conf(conf):

@@ -1,20 +1,124 @@
-"""Publisher ``snapshot``: the host-only JSON read by Ceilometer."""
+"""Publisher ``snapshot``: the host-only JSON read by Ceilometer.
 
+The writer of the document scaph_openstack/snapshot.py reads (schema in
+doc/snapshot.md). It holds tenant names and ids: 0640, group-readable by
+the reader's group ([snapshot] group, ceilometer's), never by others.
+"""
+
+import grp
+import json
+
+from scaph_openstack import fileutil
 from scaph_openstack.publishers import base
 from scaph_openstack import snapshot
+
+MODE = 0o640
+
+
+class SnapshotGroupError(ValueError):
+    pass
+
+
+def _instance_doc(totals):
+    doc = totals.identity.as_dict()
+    zones = sorted(totals.energy_uj)
+    doc.update(
+        running=totals.running,
+        state=totals.state,
+        energy_uj={zone: totals.energy_uj[zone] for zone in zones},
+        dynamic_energy_uj={zone: totals.energy_uj[zone]
+                           - totals.idle_uj.get(zone, 0) for zone in zones},
+        idle_energy_uj={zone: totals.idle_uj.get(zone, 0) for zone in zones},
+        package_uj=totals.package_uj,
+        dram_uj=totals.dram_uj,
+        total_uj=totals.total_uj,
+        dynamic_uj=totals.dynamic_uj,
+        idle_uj=totals.idle_total_uj,
+        placement=totals.placement or None,
+        power_w=round(totals.power_w, 6),
+        first_seen=totals.first_seen,
+        last_seen=totals.last_seen)
+    return doc
+
+
+def _zone_doc(zone, source):
+    return {
+        'name': zone.name, 'kind': zone.kind, 'socket': zone.socket,
+        'measured_uj': zone.measured_uj, 'residual_uj': zone.residual_uj,
+        'unallocated_idle_uj': zone.unallocated_idle_uj,
+        'power_w': round(zone.power_w, 6),
+        'avg_power_w': round(zone.avg_power_w, 6),
+        'observed_s': zone.observed_s,
+        'idle_estimate': {'state': zone.idle_estimate_state or None,
+                          'watts': round(zone.idle_estimate_w, 6)},
+        'scope': zone.scope or None, 'source': source}
+
+
+def _host_totals(zones):
+    additive = [z for z in zones if z.additive]
+    measured = sum(z.measured_uj for z in additive)
+    residual = sum(z.residual_uj for z in additive)
+    idle = sum(z.unallocated_idle_uj for z in additive)
+    return {'energy_uj': measured,
+            'attributed_uj': measured - residual - idle,
+            'residual_uj': residual,
+            'unallocated_idle_uj': idle,
+            'power_w': round(sum(z.power_w for z in additive), 6)}
+
+
+def build(report):
+    """The snapshot document for one report.Report."""
+    return {
+        'format': snapshot.FORMAT,
+        'version': snapshot.VERSION,
+        'host': report.host,
+        'time': report.time,
+        'interval_s': report.interval_s,
+        'configured_interval_s': report.configured_interval_s,
+        'stale_after_s': report.stale_after_s,
+        'source': report.source,
+        'model': report.model,
+        'idle_policy': report.idle_policy,
+        'epoch': report.epoch,
+        'epoch_started': report.epoch_started,
+        'inventory_ok': report.inventory_ok,
+        'zones': [_zone_doc(z, report.source) for z in report.zones],
+        'host_totals': _host_totals(report.zones),
+        'instances': [_instance_doc(t) for t in report.instances.values()],
+    }
+
+
+def write(path, document, mode=MODE, gid=None):
+    data = json.dumps(document, separators=(',', ':')).encode()
+    fileutil.replace_file(path, data, mode=mode, fsync=False, gid=gid)
+
+
+def group_id(name):
+    """The gid of ``name`` (None: the agent's own group)."""
+    if not name:
+        return None
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise SnapshotGroupError(
+            '[snapshot] group = %s: no such group on this host; set it to '
+            'the group the Ceilometer agents run as (ceilometer), or leave '
+            'it empty' % name)
 
 
 class SnapshotPublisher(base.Publisher):
 
     name = 'snapshot'
 
-    def __init__(self, path):
+    def __init__(self, path, min_interval=0.0, group=None):
         self.path = path
-
+        self.min_interval = min_interval
+        self.gid = group_id(group)
 
     def publish(self, report):
-        snapshot.write(self.path, snapshot.build(report))
+        write(self.path, build(report), gid=self.gid)
 
 
 def from_conf(conf):
-    return SnapshotPublisher(conf.snapshot.path)
+    return SnapshotPublisher(conf.snapshot.path, conf.snapshot.min_interval,
+                             conf.snapshot.group)

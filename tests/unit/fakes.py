@@ -5,6 +5,7 @@ import errno
 
 from scaph_openstack.inventory import base
 from scaph_openstack.inventory import topology
+from scaph_openstack import report as report_mod
 
 
 class Clock:
@@ -25,6 +26,7 @@ class StaticInventory(base.Inventory):
         self.identities = {}
         self.pinning = {}
         self.vcpu_times = {}
+        self.states = {}     # uuid -> state, running unless set
         self.available = True
 
     def set(self, uuid, cpu_ns, project='p1', vcpus=1, cpus=None,
@@ -42,7 +44,15 @@ class StaticInventory(base.Inventory):
             self.vcpu_times[uuid] = dict(vcpu_times)
 
     def remove(self, uuid):
+        """The hypervisor no longer defines it."""
         self.cpu.pop(uuid)
+        self.states.pop(uuid, None)
+
+    def set_state(self, uuid, state):
+        """Paused or shut off: still defined. Shut off has no CPU time."""
+        self.states[uuid] = state
+        if state == base.STATE_SHUTOFF:
+            self.cpu[uuid] = 0
 
     def list_instances(self):
         if not self.available:
@@ -50,7 +60,9 @@ class StaticInventory(base.Inventory):
         return tuple(base.InstanceUsage(self.identities[u], c,
                                         self.identities[u].vcpus,
                                         self.pinning.get(u),
-                                        self.vcpu_times.get(u))
+                                        self.vcpu_times.get(u),
+                                        self.states.get(
+                                            u, base.STATE_RUNNING))
                      for u, c in self.cpu.items())
 
 
@@ -64,7 +76,7 @@ class RecordingPublisher:
     def publish(self, report):
         self.reports.append(report)
         self.totals.append({u: r.total_uj for u, r in
-                            report.ledger.instances.items()})
+                            report.instances.items()})
 
 
 class FullDisk:
@@ -80,3 +92,12 @@ class FullDisk:
             return original(ledger, path)
 
         monkeypatch.setattr(ledger_cls, 'save', save)
+
+
+def report_of(ledger, now=100.0, **fields):
+    """The frozen Report of ``ledger`` as the ticker builds it."""
+    values = dict(host='h', time=now, interval_s=2.0,
+                  configured_interval_s=2.0, stale_after_s=6.0,
+                  source='simulated', model='cputime', idle_policy='none')
+    values.update(fields)
+    return report_mod.ReportBuilder().build(ledger, **values)

@@ -59,5 +59,53 @@ def test_metrics_endpoint_serves_the_ledger():
 
 
 def test_nothing_before_the_first_tick():
-    collector = prometheus.LedgerCollector()
+    collector = prometheus.ReportCollector()
     assert list(collector.collect()) == []
+
+
+def test_scrapes_under_churn_see_only_whole_published_reports(tmp_path):
+    """The HTTP thread renders the frozen report while ticks add, remove
+    and update instances: no scrape fails, and every scrape shows values
+    that were on disk when they were published."""
+    import threading
+
+    from tests.unit import test_tick
+
+    host = test_tick.Host(tmp_path)
+    port = free_port()
+    publisher = prometheus.PrometheusPublisher('127.0.0.1', port)
+    publisher.start()
+    host.ticker.publishers = [publisher]
+    errors, scrapes, stop = [], [], threading.Event()
+
+    def scrape():
+        while not stop.is_set():
+            try:
+                with urllib.request.urlopen(
+                        'http://127.0.0.1:%d/metrics' % port,
+                        timeout=5) as resp:
+                    text = resp.read().decode()
+                scrapes.append(text)
+            except Exception as exc:   # what the old collector raised
+                errors.append(exc)
+
+    thread = threading.Thread(target=scrape)
+    try:
+        for n in range(40):
+            host.inventory.set('i%d' % n, 0)
+        host.advance(0, 0)
+        thread.start()
+        for step in range(300):
+            uuid = 'i%d' % (step % 40)
+            if step % 3 == 0 and uuid in host.inventory.cpu:
+                host.inventory.remove(uuid)
+            else:
+                host.inventory.set(uuid, host.inventory.cpu.get(uuid, 0)
+                                   + test_tick.TICK_NS)
+            host.advance(70, 1000 + step, busy_ns=test_tick.TICK_NS)
+    finally:
+        stop.set()
+        thread.join()
+        publisher.stop()
+    assert not errors, errors[:3]
+    assert scrapes

@@ -4,7 +4,6 @@ import stat
 
 import pytest
 
-from scaph_openstack.agent import tick
 from scaph_openstack.inventory import base as inventory_base
 from scaph_openstack import ledger as ledger_mod
 from scaph_openstack.publishers import share as share_publisher
@@ -42,11 +41,8 @@ def read_like_scaphandre(base):
     return readings
 
 
-def make_report(ledger, now=100.0):
-    return tick.TickReport(host='h', time=now, interval_s=2.0,
-                           configured_interval_s=2.0, stale_after_s=6.0,
-                           source='simulated', model='cputime',
-                           idle_policy='none', ledger=ledger)
+def make_report(ledger, now=100.0, **fields):
+    return fakes.report_of(ledger, now, **fields)
 
 
 def make_ledger(package_uj, dram_uj=None):
@@ -183,24 +179,26 @@ def test_path_like_names_are_refused(name):
 
 
 def test_expired_and_orphan_directories_are_removed(tmp_path):
+    """Orphans (no ledger entry) go after ``retention`` seconds of this
+    agent's monotonic clock; the wall clock (an NTP step, a directory's
+    mtime) decides nothing."""
     pub, clock = publisher(tmp_path, min_interval=0, resolution_uj=1,
                            retention_s=60)
     ledger = make_ledger(5)
-    pub.publish(make_report(ledger))
     tree.ShareTree(str(tmp_path)).write_instance(
         'orphan', layout.initial_files('orphan'))
+    pub.publish(make_report(ledger))          # orphan first seen now
     tree.ShareTree(str(tmp_path)).write_instance(
         'starting', layout.initial_files('starting'))
-    old = os.stat(tmp_path / 'orphan').st_mtime - 3600
-    os.utime(tmp_path / 'orphan', (old, old))
+    old = os.stat(tmp_path / 'starting').st_mtime - 3600
+    os.utime(tmp_path / 'starting', (old, old))  # an old mtime is no age
+    pub.publish(make_report(ledger, now=1e10))  # the wall clock jumps
+    assert sorted(os.listdir(tmp_path)) == [UUID, 'orphan', 'starting']
     clock.now += 120
-    report = make_report(ledger, now=os.stat(tmp_path / 'starting')
-                         .st_mtime + 1)
-    pub.publish(report)
+    pub.publish(make_report(ledger))
     assert sorted(os.listdir(tmp_path)) == [UUID, 'starting']
-    expired = tick.TickReport(**dict(report.__dict__, expired=(UUID,)))
     del ledger.instances[UUID]
-    pub.publish(expired)
+    pub.publish(make_report(ledger, expired=(UUID,)))
     assert os.listdir(tmp_path) == ['starting']
 
 
@@ -210,7 +208,7 @@ def test_stopped_instances_get_their_tree_back_after_a_host_reboot(
     every instance it knows, with their ledger values, so their guests can
     start (virtiofsd needs the directory) and their counters continue."""
     ledger = make_ledger(4242)
-    ledger.instances[UUID].running = False
+    ledger.instances[UUID].state = ledger_mod.STATE_SHUTOFF
     pub, clock = publisher(tmp_path, min_interval=0, resolution_uj=1)
     pub.publish(make_report(ledger))
     path = tmp_path / UUID / 'intel-rapl:0' / 'energy_uj'

@@ -1,7 +1,11 @@
+import grp
 import json
+import os
+import stat
 
 import pytest
 
+from scaph_openstack.publishers import snapshot as snapshot_publisher
 from scaph_openstack import snapshot
 from tests.unit import test_share
 
@@ -10,7 +14,7 @@ def written(tmp_path, now=100.0):
     path = str(tmp_path / 'run' / 'snapshot.json')
     report = test_share.make_report(test_share.make_ledger(5_000_000, 7),
                                     now=now)
-    snapshot.write(path, snapshot.build(report))
+    snapshot_publisher.write(path, snapshot_publisher.build(report))
     return path
 
 
@@ -61,7 +65,7 @@ def test_idle_and_dynamic_parts_epoch_and_idle_estimate(tmp_path):
     zone = ledger.zones['package-0']
     zone.idle_estimate_state, zone.idle_estimate_w = 'learned', 17.3
     zone.scope = 'socket'
-    doc = snapshot.build(test_share.make_report(ledger))
+    doc = snapshot_publisher.build(test_share.make_report(ledger))
     (instance,) = doc['instances']
     assert instance['total_uj'] == 5_000_700
     assert (instance['dynamic_uj'], instance['idle_uj']) == (3_750_600,
@@ -78,3 +82,44 @@ def test_idle_and_dynamic_parts_epoch_and_idle_estimate(tmp_path):
     assert zones['package-0']['scope'] == 'socket'
     assert zones['dram-0']['idle_estimate'] == {'state': None, 'watts': 0.0}
     assert zones['package-0']['source'] == 'simulated'
+
+
+def other_group():
+    """A group the test process is not in by default (not its gid)."""
+    for group in grp.getgrall():
+        if group.gr_gid != os.getgid():
+            return group
+    pytest.skip('this host has a single group')
+
+
+def test_snapshot_is_0640_and_readable_by_the_configured_group(tmp_path):
+    """It holds tenant names and ids: the Ceilometer group may read it,
+    other users may not, whatever the umask."""
+    group = other_group()
+    path = str(tmp_path / 'snapshot.json')
+    pub = snapshot_publisher.SnapshotPublisher(path, group=group.gr_name)
+    old_umask = os.umask(0)
+    try:
+        pub.publish(test_share.make_report(test_share.make_ledger(5)))
+    finally:
+        os.umask(old_umask)
+    st = os.stat(path)
+    assert stat.S_IMODE(st.st_mode) == 0o640
+    assert st.st_gid == group.gr_gid
+
+
+def test_an_unknown_group_is_refused_with_the_fix(tmp_path):
+    with pytest.raises(snapshot_publisher.SnapshotGroupError,
+                       match='ceilometer'):
+        snapshot_publisher.SnapshotPublisher(str(tmp_path / 's.json'),
+                                             group='no-such-group-x')
+
+
+def test_the_reader_imports_nothing_of_the_agent():
+    """Readers (Ceilometer, the CLI) depend on the document only."""
+    with open(snapshot.__file__) as f:
+        source = f.read()
+    assert 'import' in source
+    for module in ('ledger', 'report', 'fileutil', 'agent', 'publishers'):
+        assert 'import %s' % module not in source
+        assert 'from scaph_openstack' not in source

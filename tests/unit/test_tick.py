@@ -75,14 +75,14 @@ def host(tmp_path):
 def test_first_tick_is_a_baseline_then_energy_is_split(host):
     host.inventory.set('a', 10 ** 12)  # past CPU time is not this tick's
     first = host.advance(0, 0)
-    assert first.interval_s == 0 and first.splits == ()
+    assert first.interval_s == 0 and host.ticker.last_splits == ()
     report = host.advance(2, 400_000_000, 100_000_000, busy_ns=4 * TICK_NS,
                           cpu={'a': 3 * TICK_NS})
-    by_zone = {s.zone: s for s in report.splits}
+    by_zone = {s.zone: s for s in host.ticker.last_splits}
     assert by_zone['package-0'].instances == {'a': 300_000_000}
     assert by_zone['dram-0'].instances == {'a': 75_000_000}
-    assert report.ledger.instances['a'].total_uj == 375_000_000
-    assert report.ledger.instances['a'].power_w == pytest.approx(187.5)
+    assert host.ticker.ledger.instances['a'].total_uj == 375_000_000
+    assert host.ticker.ledger.instances['a'].power_w == pytest.approx(187.5)
     doc = snapshot.read(host.snapshot_path, now=host.clock.now).document
     assert doc['source'] == 'rapl'
     (instance,) = doc['instances']
@@ -97,8 +97,8 @@ def test_wraparound_is_exact(host):
     report = host.advance(2, 300_000_000, busy_ns=TICK_NS,
                           cpu={'a': TICK_NS})     # package wrapped at 1e9
     assert host.counters['intel-rapl:0'] == 200_000_000
-    assert report.ledger.zones['package-0'].measured_uj == 1_200_000_000
-    assert report.ledger.instances['a'].energy_uj['package-0'] == \
+    assert host.ticker.ledger.zones['package-0'].measured_uj == 1_200_000_000
+    assert host.ticker.ledger.instances['a'].energy_uj['package-0'] == \
         1_200_000_000
 
 
@@ -116,16 +116,31 @@ def test_counters_never_decrease_across_restart_and_reboot(host):
     assert totals == sorted(totals) and totals[-1] > before
 
 
-def test_inventory_outage_keeps_baselines_and_covers_the_gap(host):
+def test_inventory_outage_keeps_metering_the_host_and_loses_nothing(host):
+    """While the inventory cannot answer, zones are metered and published
+    (the snapshot stays fresh), the energy of that window is unattributed
+    and kept; when it is back, instances start again from a new
+    baseline: their CPU time over the outage is not matched with one
+    tick's energy."""
     host.inventory.set('a', 0)
     host.advance(0, 0)
+    host.advance(2, 100, busy_ns=TICK_NS, cpu={'a': TICK_NS})
     host.inventory.available = False
-    assert host.advance(2, 100, busy_ns=TICK_NS, cpu={'a': TICK_NS}) is None
+    during = host.advance(2, 300, busy_ns=TICK_NS, cpu={'a': TICK_NS})
+    assert during is not None and during.inventory_ok is False
+    assert during.instances['a'].total_uj == 100   # kept, not reset
+    assert during.instances['a'].state == 'running'
+    doc = snapshot.read(host.snapshot_path, now=host.clock.now).document
+    assert doc['time'] == host.clock.now and doc['inventory_ok'] is False
     host.inventory.available = True
-    report = host.advance(2, 100, busy_ns=TICK_NS, cpu={'a': TICK_NS})
-    assert report.interval_s == 4
-    assert report.ledger.zones['package-0'].measured_uj == 200
-    assert report.ledger.instances['a'].energy_uj['package-0'] == 200
+    back = host.advance(2, 500, busy_ns=TICK_NS, cpu={'a': 5 * TICK_NS})
+    assert back.instances['a'].total_uj == 100      # a new baseline
+    after = host.advance(2, 700, busy_ns=TICK_NS, cpu={'a': TICK_NS})
+    assert after.instances['a'].total_uj == 800
+    zone = after.zones[0]
+    assert zone.measured_uj == 1600
+    assert zone.measured_uj == 800 + zone.residual_uj + \
+        zone.unallocated_idle_uj
 
 
 def test_full_disk_pauses_publishing_and_loses_nothing(host, monkeypatch):
@@ -138,7 +153,7 @@ def test_full_disk_pauses_publishing_and_loses_nothing(host, monkeypatch):
     assert len(host.publisher.reports) == published
     disk.full = False
     report = host.advance(2, 100, busy_ns=TICK_NS, cpu={'a': TICK_NS})
-    assert report.ledger.instances['a'].energy_uj['package-0'] == 200
+    assert host.ticker.ledger.instances['a'].energy_uj['package-0'] == 200
     assert ledger_mod.Ledger.load(host.ledger_path).instances['a'] \
         .energy_uj['package-0'] == 200
 
@@ -151,10 +166,11 @@ def test_unreadable_zone_is_skipped_then_caught_up(host):
     powercap.set_energy(host.powercap, 'intel-rapl:0', 100)
     (host.powercap / 'intel-rapl:0:0' / 'energy_uj').write_text('garbage')
     report = host.ticker.tick()
-    assert [s.zone for s in report.splits] == ['package-0']
+    assert report is not None
+    assert [s.zone for s in host.ticker.last_splits] == ['package-0']
     host.counters['intel-rapl:0'] = 100
     report = host.advance(2, 100, 50, busy_ns=TICK_NS, cpu={'a': TICK_NS})
-    assert report.ledger.zones['dram-0'].measured_uj == 100
+    assert host.ticker.ledger.zones['dram-0'].measured_uj == 100
 
 
 def test_a_failing_publisher_does_not_stop_the_others(host):
@@ -174,10 +190,105 @@ def test_instances_that_go_away_are_kept_then_expired(host):
     host.advance(0, 0)
     host.inventory.remove('a')
     report = host.advance(2, 100)
-    assert report.ledger.instances['a'].running is False
+    assert report.instances['a'].state == ledger_mod.STATE_UNDEFINED
     report = host.advance(61, 100)
     assert report.expired == ('a',)
-    assert 'a' not in report.ledger.instances
+    assert 'a' not in host.ticker.ledger.instances
+
+
+@pytest.mark.parametrize('state', ['paused', 'shutoff'])
+def test_defined_instances_keep_counters_past_the_retention(host, state):
+    """Paused or shut off for longer than [agent] retention: still
+    defined, so counters and share stay; it runs on from where it was."""
+    host.inventory.set('a', 0)
+    host.advance(0, 0)
+    host.advance(2, 100, busy_ns=TICK_NS, cpu={'a': TICK_NS})
+    host.inventory.set_state('a', state)
+    for _ in range(5):
+        report = host.advance(30, 100, busy_ns=TICK_NS)
+    assert report.expired == () and report.instances['a'].state == state
+    assert report.instances['a'].total_uj == 100
+    host.inventory.set_state('a', 'running')
+    host.inventory.set('a', 0 if state == 'shutoff' else TICK_NS)
+    host.advance(2, 100, busy_ns=TICK_NS)
+    report = host.advance(2, 100, busy_ns=TICK_NS, cpu={'a': TICK_NS})
+    assert report.instances['a'].total_uj == 200
+
+
+def test_absence_is_measured_on_the_monotonic_clock(host):
+    """An NTP step of the wall clock removes nothing; only the agent's
+    monotonic time counts towards the retention, summed tick by tick and
+    kept across a restart."""
+    wall = fakes.Clock(5000.0)
+    host.ticker.wallclock = wall
+    host.inventory.set('a', 0)
+    host.advance(0, 0)
+    host.inventory.remove('a')
+    host.advance(2, 100)
+    wall.now += 10 ** 7                      # the wall clock jumps a year
+    report = host.advance(2, 100)
+    assert 'a' in report.instances and report.expired == ()
+    host.advance(30, 100)
+    host.ticker = host.new_ticker()          # restarted: 34 s absent kept
+    host.advance(2, 100)                     # baseline: no time passes
+    assert 'a' in host.ticker.ledger.instances
+    report = host.advance(30, 100)
+    assert report.expired == ('a',)
+
+
+class Paced(fakes.RecordingPublisher):
+    name = 'paced'
+    min_interval = 10.0
+
+
+def test_ledger_is_saved_only_when_a_publisher_exposes_values(
+        host, monkeypatch):
+    """Ticks every 2 s, a publisher every 10 s: one save per publication
+    (not per tick), and every published value is on disk."""
+    saves = []
+    original = ledger_mod.Ledger.save
+
+    def save(ledger, path):
+        saves.append(host.clock.now)
+        return original(ledger, path)
+
+    monkeypatch.setattr(ledger_mod.Ledger, 'save', save)
+    paced = Paced()
+    host.ticker.publishers = [paced]
+    host.inventory.set('a', 0)
+    host.advance(0, 0)
+    for step in range(1, 17):
+        host.advance(2, 100 + step * 37, busy_ns=TICK_NS,
+                     cpu={'a': step * TICK_NS})
+        on_disk = ledger_mod.Ledger.load(host.ledger_path)
+        published = paced.totals[-1]['a']
+        assert on_disk.instances['a'].total_uj == published
+    assert len(saves) == len(paced.reports) == 4   # t=0, 10, 20, 30
+    assert host.ticker.ledger.instances['a'].total_uj > published
+
+
+def test_a_new_instance_is_published_at_once(host):
+    paced = Paced()
+    host.ticker.publishers = [paced]
+    host.inventory.set('a', 0)
+    host.advance(0, 0)
+    host.advance(2, 100)
+    assert len(paced.reports) == 1
+    host.inventory.set('b', 0)
+    report = host.advance(2, 100)
+    assert report is not None and 'b' in report.instances
+
+
+def test_the_report_is_frozen_against_later_ticks(host):
+    host.inventory.set('a', 0)
+    host.advance(0, 0)
+    report = host.advance(2, 100, busy_ns=TICK_NS, cpu={'a': TICK_NS})
+    host.inventory.set('b', 0)
+    host.advance(2, 100, busy_ns=TICK_NS, cpu={'a': TICK_NS})
+    assert report.instances['a'].total_uj == 100
+    assert set(report.instances) == {'a'}
+    with pytest.raises(TypeError):
+        report.instances['a'].energy_uj['package-0'] = 0
 
 
 def test_instance_cpu_delta():

@@ -1,17 +1,17 @@
 """Snapshots written by the real snapshot module, from a hand-made ledger.
 
-Building through scaph_openstack.snapshot.build keeps these tests on the
+Building through the snapshot publisher's build() keeps these tests on the
 schema the agent really writes. ``old_document`` is what an agent before
 the idle/dynamic split (issue 9) wrote: the same document with only the
 keys of that time.
 """
 
 import time
-import types
 
 from scaph_openstack.inventory import base as inventory_base
 from scaph_openstack import ledger as ledger_mod
-from scaph_openstack import snapshot
+from scaph_openstack.publishers import snapshot
+from scaph_openstack import report as report_mod
 
 HOST = 'compute-1'
 UUID_A = '6f1c3a52-8c1e-4d5e-9f5c-000000000001'
@@ -72,19 +72,20 @@ def make_ledger(scale=1, idle=None, idle_estimates=None):
             nova_identity(UUID_A, 'web'),
             energy_uj={'package-0': 30_000_000 * scale,
                        'dram-0': 4_000_000 * scale},
-            power_w=12.25, running=True),
+            power_w=12.25),
         ledger_mod.InstanceRecord(
             nova_identity(UUID_B, 'db', flavor='m1.large', vcpus=4),
             energy_uj={'package-0': 13_000_000 * scale,
                        'dram-0': 2_000_000 * scale},
-            power_w=3.5, running=True),
+            power_w=3.5),
         ledger_mod.InstanceRecord(
             nova_identity(UUID_STOPPED, 'gone'),
-            energy_uj={'package-0': 5}, running=False),
+            energy_uj={'package-0': 5}),
         ledger_mod.InstanceRecord(
             inventory_base.InstanceIdentity(uuid=UUID_PLAIN, name='plain'),
-            energy_uj={'package-0': 1}, power_w=0.5, running=True),
+            energy_uj={'package-0': 1}, power_w=0.5),
     ]
+    stop(records[2])
     for record in records:
         led.instances[record.identity.uuid] = record
         record.idle_uj = {zone: uj * scale for zone, uj
@@ -93,6 +94,16 @@ def make_ledger(scale=1, idle=None, idle_estimates=None):
     set_idle_estimates(led, estimates)
     led.epoch, led.epoch_started = EPOCH, EPOCH_STARTED
     return led
+
+
+def stop(record):
+    """The record of an instance the hypervisor no longer runs. Records
+    are running by default; the ledger says it with ``state`` (lifecycle
+    states) or, before those, with ``running``."""
+    if hasattr(ledger_mod, 'STATE_UNDEFINED'):
+        record.state = ledger_mod.STATE_UNDEFINED
+    else:
+        record.running = False
 
 
 def set_idle_estimates(led, estimates):
@@ -108,10 +119,10 @@ def document(age=0.0, source='simulated', scale=1, led=None,
     'vcpus' by default: IDLE_UJ would be 0 under 'none'."""
     led = led if led is not None else make_ledger(scale)
     led.source = source
-    report = types.SimpleNamespace(
-        host=HOST, time=time.time() - age, interval_s=2.0,
+    report = report_mod.ReportBuilder().build(
+        led, host=HOST, time=time.time() - age, interval_s=2.0,
         configured_interval_s=2.0, stale_after_s=6.0, source=source,
-        model='cputime', idle_policy=idle_policy, ledger=led)
+        model='cputime', idle_policy=idle_policy)
     return snapshot.build(report)
 
 
@@ -130,7 +141,18 @@ def old_document(**kwargs):
     return old
 
 
-def write(path, age=0.0, old=False, **kwargs):
+def write(path, age=0.0, old=False, at=None, **kwargs):
+    """Write a document (old_document with ``old``) to ``path``; ``at``:
+    its time (s), exactly, instead of now - ``age``."""
     make = old_document if old else document
-    snapshot.write(str(path), make(age=age, **kwargs))
+    doc = make(age=age, **kwargs)
+    if at is not None:
+        doc['time'] = at
+    snapshot.write(str(path), doc)
+    return str(path)
+
+
+def write_document(path, doc):
+    """Write ``doc`` (e.g. a document() changed by a test) to ``path``."""
+    snapshot.write(str(path), doc)
     return str(path)

@@ -12,7 +12,7 @@ import pytest
 from scaph_openstack.ceilometer import discovery
 from scaph_openstack.ceilometer import pollsters
 from scaph_openstack import ledger as ledger_mod
-from scaph_openstack import snapshot
+from scaph_openstack.publishers import snapshot
 from tests.unit.ceilometer import snapshots
 from tests.unit.ceilometer import test_pollsters
 
