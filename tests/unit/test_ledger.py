@@ -112,7 +112,7 @@ def test_a_ledger_of_the_first_release_loads(tmp_path):
     ledger = ledger_mod.Ledger()
     ledger.add_tick((), zones(), present('a', 'b'), 1.0, 1.0)
     doc = ledger.to_dict()
-    for item, running in zip(doc['instances'], (True, False)):
+    for item, running in zip(doc['instances'], (True, False), strict=False):
         del item['state'], item['absent_s']
         item['running'] = running
     loaded = ledger_mod.Ledger.from_dict(json.loads(json.dumps(doc)))

@@ -76,7 +76,7 @@ def test_first_tick_is_a_baseline_then_energy_is_split(host):
     host.inventory.set('a', 10 ** 12)  # past CPU time is not this tick's
     first = host.advance(0, 0)
     assert first.interval_s == 0 and host.ticker.last_splits == ()
-    report = host.advance(2, 400_000_000, 100_000_000, busy_ns=4 * TICK_NS,
+    host.advance(2, 400_000_000, 100_000_000, busy_ns=4 * TICK_NS,
                           cpu={'a': 3 * TICK_NS})
     by_zone = {s.zone: s for s in host.ticker.last_splits}
     assert by_zone['package-0'].instances == {'a': 300_000_000}
@@ -94,7 +94,7 @@ def test_wraparound_is_exact(host):
     host.inventory.set('a', 0)
     host.advance(0, 0)
     host.advance(2, 900_000_000, busy_ns=TICK_NS, cpu={'a': TICK_NS})
-    report = host.advance(2, 300_000_000, busy_ns=TICK_NS,
+    host.advance(2, 300_000_000, busy_ns=TICK_NS,
                           cpu={'a': TICK_NS})     # package wrapped at 1e9
     assert host.counters['intel-rapl:0'] == 200_000_000
     assert host.ticker.ledger.zones['package-0'].measured_uj == 1_200_000_000
@@ -152,7 +152,7 @@ def test_full_disk_pauses_publishing_and_loses_nothing(host, monkeypatch):
     assert host.advance(2, 100, busy_ns=TICK_NS, cpu={'a': TICK_NS}) is None
     assert len(host.publisher.reports) == published
     disk.full = False
-    report = host.advance(2, 100, busy_ns=TICK_NS, cpu={'a': TICK_NS})
+    host.advance(2, 100, busy_ns=TICK_NS, cpu={'a': TICK_NS})
     assert host.ticker.ledger.instances['a'].energy_uj['package-0'] == 200
     assert ledger_mod.Ledger.load(host.ledger_path).instances['a'] \
         .energy_uj['package-0'] == 200
