@@ -184,15 +184,21 @@ class Agent(ManagedProcess):
     DEFAULTS = {'agent': {'publishers': 'snapshot'}}
 
     def __init__(self, workdir, sections=None, executable=None,
-                 name='scaph-openstack-agent'):
+                 name='scaph-openstack-agent', product_pacing=False):
         self.workdir = str(workdir)
         self.sections = copy.deepcopy(self.DEFAULTS)
         for section, options in (sections or {}).items():
             self.sections.setdefault(section, {}).update(options)
         agent = self.sections['agent']
         agent.setdefault('state_dir', os.path.join(self.workdir, 'state'))
-        self.sections.setdefault('snapshot', {}).setdefault(
-            'path', os.path.join(self.workdir, 'snapshot.json'))
+        snap = self.sections.setdefault('snapshot', {})
+        snap.setdefault('path', os.path.join(self.workdir, 'snapshot.json'))
+        # Tests read the snapshot at the agent's own pace; the product's
+        # pacing (``product_pacing``: 10 s) is what
+        # tests/functional/test_publication.py and tests/unit/test_tick.py
+        # check.
+        if not product_pacing:
+            snap.setdefault('min_interval', 0)
         os.makedirs(agent['state_dir'], exist_ok=True)
         self.config_path = write_config(
             os.path.join(self.workdir, '%s.conf' % name), self.sections)
