@@ -19,8 +19,8 @@ Victoria, so the driver subclasses LibvirtDriver and overrides:
   migrate or save a domain with a virtiofs device, so both are refused up
   front, cleanly, instead of failing half-way (doc/nova.md).
 
-Contract 6: from scaph-openstack, only its options (conf.nova), the share
-layout and the privsep helpers are imported, never the agent.
+From scaph-openstack, only its options (conf.nova), the share layout and
+the privsep helpers are imported, never the agent (doc/design.md, Facts 6).
 """
 
 import os
@@ -50,7 +50,7 @@ SYSMETA_IMAGE_KEY = 'image_' + scaph_conf.IMAGE_PROPERTY
 # libvirt accepts <readonly/> on virtiofs from 11.0.0, as other libvirt
 # users rely on (it needs a virtiofsd with --readonly); 9.0, the one these
 # machines run, rejects it: "virtiofs does not yet support read-only mode"
-# (REFERENCE.md section 3).
+# (doc/design.md, Facts 2).
 MIN_LIBVIRT_VIRTIOFS_READONLY = (11, 0, 0)
 
 VIRT_TYPES = ('kvm', 'qemu')  # virtiofs is a QEMU vhost-user device

@@ -1,4 +1,5 @@
-"""tmpfs for the shares and its read-only bind mount (REFERENCE §3).
+"""tmpfs for the shares and its read-only bind mount (doc/design.md,
+Facts 2).
 
 libvirt 9.0 refuses ``<readonly/>`` on virtiofs, so the guest's view is
 made read-only on the host: virtiofsd exports a bind mount remounted

@@ -8,8 +8,8 @@ Per instance, under ``<export_dir>/<uuid>/``::
     intel-rapl:0:0/...                  the same for dram, if the host has it
     scaph-openstack.json                schema, uuid, interval, time, source
 
-This is what scaphandre's ``--vm`` mode reads (REFERENCE.md §1): a package
-directory with a ``name`` that is not ``psys``, a trimmed u64
+This is what scaphandre's ``--vm`` mode reads (doc/design.md, Facts 1): a
+package directory with a ``name`` that is not ``psys``, a trimmed u64
 ``energy_uj``. Guest counters are the agent's cumulative ledger values and
 never wrap, so ``max_energy_range_uj`` is the u64 maximum.
 """

@@ -1,7 +1,7 @@
 """Writes instance trees under the read-write share root, safely.
 
-Contract 3: nothing is ever read back from a share; every file is
-replaced with write-temp-then-rename relative to directory file
+Nothing is ever read back from a share (doc/design.md, Facts 5); every
+file is replaced with write-temp-then-rename relative to directory file
 descriptors opened with O_NOFOLLOW, so a symlink planted in the tree
 (which the read-only export should already make impossible) is never
 followed. Files are 0444 and directories 0555: the agent writes as root.

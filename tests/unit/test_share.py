@@ -16,7 +16,7 @@ UUID = '6f1c7a9e-2f4b-4f0e-9a55-3b5c1d2e8f01'
 
 def read_like_scaphandre(base):
     """What scaphandre's powercap_rapl sensor does in --vm mode
-    (REFERENCE.md §1): sockets from intel-rapl:N:M folders, or from
+    (doc/design.md, Facts 1): sockets from intel-rapl:N:M folders, or from
     intel-rapl:N with a readable name that is not psys; trimmed u64."""
     entries = os.listdir(base)
     sockets = {e.split(':')[1] for e in entries if e.count(':') == 2}

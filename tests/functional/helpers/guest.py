@@ -722,7 +722,7 @@ def write_atomic(path, content):
 
 class ReadOnlyShare:
     """A tree the test writes (``rw``) and a read-only view of it (``ro``)
-    to give a guest, the way REFERENCE.md section 3 says works with
+    to give a guest, the way doc/design.md (Facts 2) says works with
     virtiofs (libvirt 9.0 refuses <readonly/>): ``rw`` is a plain directory
     (or a tmpfs with ``tmpfs=True``), ``ro`` a bind mount of it remounted
     read-only. Context manager; unmounts and removes everything on exit.

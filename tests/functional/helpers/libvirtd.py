@@ -1,6 +1,6 @@
 """Start, stop and restart a real libvirtd for the functional tests.
 
-On the test machines there is no systemd (REFERENCE.md section 3): libvirtd
+On the test machines there is no systemd (doc/design.md, Facts 3): libvirtd
 and virtlogd are started by hand, after creating what libvirtd insists on
 (user ``libvirt-qemu``, group ``kvm``, ``/var/log/libvirt``, ``/run/libvirt``)
 and writing a ``qemu.conf`` that runs QEMU as root without a security

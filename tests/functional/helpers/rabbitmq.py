@@ -1,8 +1,8 @@
 """A RabbitMQ broker on loopback for the functional tests.
 
 Debian's rabbitmq-server, started by hand (no systemd here, and the
-package's policy-rc.d keeps it from starting on install; REFERENCE.md
-section 8). Our own node name and ports picked free at start, so a
+package's policy-rc.d keeps it from starting on install; doc/design.md,
+Facts 4). Our own node name and ports picked free at start, so a
 broker that is already there (a developer's, devstack's) is left alone.
 Idempotent: a node started by an earlier test is reused, its port read
 from STATE_FILE. Erlang distribution and epmd listen on 127.0.0.1 only.
