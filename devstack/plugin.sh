@@ -78,6 +78,9 @@ function scaph_configure_agent {
     iniset -sudo "$conf" energy source "$SCAPH_OPENSTACK_ENERGY_SOURCE"
     iniset -sudo "$conf" libvirt connection_uri qemu:///system
     iniset -sudo "$conf" snapshot path "$SCAPH_OPENSTACK_SNAPSHOT_PATH"
+    if [[ -n "$SCAPH_OPENSTACK_SNAPSHOT_GROUP" ]]; then
+        iniset -sudo "$conf" snapshot group "$SCAPH_OPENSTACK_SNAPSHOT_GROUP"
+    fi
     iniset -sudo "$conf" share work_dir "$SCAPH_OPENSTACK_WORK_DIR"
     iniset -sudo "$conf" share export_dir "$SCAPH_OPENSTACK_EXPORT_DIR"
     iniset -sudo "$conf" share tag "$SCAPH_OPENSTACK_TAG"

@@ -237,6 +237,17 @@ def our_sources(ds):
                                 POLLING))['sources']
 
 
+def stack_group():
+    """The group ceilometer-polling runs as under devstack ($STACK_USER's),
+    None where this machine has no such user."""
+    import grp
+    import pwd
+    try:
+        return grp.getgrgid(pwd.getpwnam('stack').pw_gid).gr_name
+    except KeyError:
+        return None
+
+
 def load_agent_conf(path):
     from oslo_config import cfg
     from oslo_log import log as logging
@@ -287,6 +298,7 @@ def test_stack_unstack_clean(devstack):
     assert conf.energy.source == 'auto'
     assert conf.libvirt.connection_uri == 'qemu:///system'
     assert conf.snapshot.path == os.path.join(ds.run_dir, 'snapshot.json')
+    assert conf.snapshot.group == stack_group()
     assert conf.share.work_dir == ds.work_dir
     assert conf.share.export_dir == ds.export_dir
     assert conf.share.tag == 'scaphandre'
