@@ -9,74 +9,103 @@ node that cannot reach the identity service.
 """
 
 import hashlib
+import logging
+import numbers
 import threading
 
 from ceilometer.compute import discovery as compute_discovery
 from ceilometer.polling import plugin_base
-from oslo_log import log as logging
+from oslo_log import log
 
 from scaph_openstack.conf import ceilometer as scaph_conf
 from scaph_openstack import snapshot
+from scaph_openstack import statelog
 
-LOG = logging.getLogger(__name__)
+LOG = log.getLogger(__name__)
 
-STATE_OK = 'fresh'
+# Every pollster and the discovery read through read_snapshot, every
+# cycle: a stopped agent must give one WARNING when it is noticed (and
+# another only when the reason changes, e.g. stale then missing), not one
+# per pollster per cycle, and one INFO when samples resume.
+HEALTH = statelog.StateLog(LOG)
+
+_FAILED_READS_LOCK = threading.Lock()
+_failed_reads = 0
 
 
-class _SnapshotHealth:
-    """Logs when reading the snapshot starts or stops working.
+def failed_reads():
+    """How many snapshot reads of this process found no fresh snapshot.
 
-    Every pollster and the discovery read through here, every cycle: a
-    stopped agent must give one WARNING when it is noticed, not one per
-    pollster per cycle, and one INFO when samples resume.
+    Two readings taken with different counts have a gap between them
+    where the agent may not have been counting: power.instance derives no
+    rate across it (pollsters.counter_identity).
     """
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._states = {}
-
-    def reset(self):
-        with self._lock:
-            self._states.clear()
-
-    def report(self, path, state, reason=None):
-        with self._lock:
-            previous = self._states.get(path)
-            self._states[path] = state
-        if state == previous:
-            return
-        if state != STATE_OK:
-            LOG.warning('No scaph-openstack energy samples until the '
-                        'snapshot is fresh again: %s', reason)
-        elif previous is None:
-            LOG.info('Reading scaph-openstack energy from %s', path)
-        else:
-            LOG.info('scaph-openstack snapshot %s is fresh again: energy '
-                     'samples resume', path)
+    return _failed_reads
 
 
-HEALTH = _SnapshotHealth()
+def _count_failed_read():
+    global _failed_reads
+    with _FAILED_READS_LOCK:
+        _failed_reads += 1
+
+
+def _is_number(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def stale_after(declared_s, floor_s):
+    """Seconds after which a snapshot is stale: what it declares
+    (``stale_after_s``, a few agent intervals), but never less than
+    ``floor_s`` ([scaphandre] stale_after_min), so that one slow tick, or
+    an older agent's 6 s, does not drop a whole polling cycle."""
+    return max(declared_s, floor_s)
+
+
+def check_fresh(snap, path, floor_s, now=None):
+    """Raise SnapshotStale when ``snap`` is older than
+    stale_after(its stale_after_s, floor_s); SnapshotInvalid when its
+    time or stale_after_s is not a number."""
+    doc = snap.document
+    if not (_is_number(doc['time']) and _is_number(doc['stale_after_s'])):
+        raise snapshot.SnapshotInvalid(
+            '%s: time and stale_after_s must be numbers' % path)
+    limit = stale_after(doc['stale_after_s'], floor_s)
+    age = snap.age(now)
+    if age > limit:
+        raise snapshot.SnapshotStale(
+            'snapshot %s is %.1fs old (stale after %.1fs): the agent is '
+            'not updating it' % (path, age, limit), age)
 
 
 def read_snapshot(conf):
     """This cycle's Snapshot, or None when it is missing, invalid or stale.
 
     None rather than the last good values: a stopped agent's counters
-    must never be reported as current.
+    must never be reported as current. Stale means older than both the
+    snapshot's own stale_after_s and [scaphandre] stale_after_min.
     """
     path = conf.scaphandre.snapshot_path
     error = None
     try:
-        snap = snapshot.read(path)
+        # Staleness is ours to judge (with the floor), not the reader's.
+        snap = snapshot.read(path, check_stale=False)
+        check_fresh(snap, path, conf.scaphandre.stale_after_min)
     except snapshot.SnapshotError as exc:
         error = exc
     # Logged outside the except block: oslo.log would append the exception
     # a second time to a line that already says everything.
     if error is not None:
+        _count_failed_read()
         # The exception class is the state: stale -> missing is news.
-        HEALTH.report(path, type(error).__name__, error)
+        HEALTH.failed(path, 'No scaph-openstack energy samples until the '
+                      'snapshot is fresh again: %s', error,
+                      level=logging.WARNING, state=type(error).__name__)
         return None
-    HEALTH.report(path, STATE_OK)
+    if not HEALTH.recovered(path, 'scaph-openstack snapshot %s is fresh '
+                            'again: energy samples resume', path):
+        # Said once per process, when the first fresh snapshot is read.
+        HEALTH.failed(('reading', path), 'Reading scaph-openstack energy '
+                      'from %s', path, level=logging.INFO)
     return snap
 
 

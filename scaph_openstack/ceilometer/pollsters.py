@@ -30,10 +30,16 @@ ADDITIVE_KINDS = ('package', 'dram')
 # zones is only as good as its worst zone.
 IDLE_ESTIMATE_STATES = ('calibrating', 'learned', 'configured')
 
-# One snapshot, its running instances by UUID and the extra metadata of
-# instance samples, for one polling cycle.
-CycleData = collections.namedtuple('CycleData',
-                                   'snapshot instances instance_metadata')
+# power.instance: an instance whose reading was not updated in this many
+# polls (stopped, moved away, deleted) is forgotten. Back later, its
+# first poll gives no power sample, as on the first poll ever.
+FORGET_AFTER_POLLS = 3
+
+# One snapshot, its running instances by UUID, the extra metadata of
+# instance samples, and discovery.failed_reads() when it was read, for
+# one polling cycle.
+CycleData = collections.namedtuple(
+    'CycleData', 'snapshot instances instance_metadata failed_reads')
 
 # Ceilometer may run pollsters of one cycle in parallel threads
 # ([polling] threads_to_process_pollsters): fill the cache only once.
@@ -68,7 +74,8 @@ def cycle_data(conf, cache, resources=None):
 def _cycle_data(snap):
     return CycleData(
         snap, {i['uuid']: i for i in snap.running_instances},
-        dict(snapshot_metadata(snap), **host_idle_estimate(snap.zones)))
+        dict(snapshot_metadata(snap), **host_idle_estimate(snap.zones)),
+        discovery.failed_reads())
 
 
 def snapshot_metadata(snap):
@@ -167,13 +174,20 @@ class _InstancePollster(_SnapshotPollster):
                 LOG.debug('No energy for instance %s in this snapshot',
                           getattr(resource, 'id', resource))
                 continue
-            volume = self.volume(doc)
-            if volume is None:
+            value = self.value(data, doc)
+            if value is None:
                 continue
+            volume, metadata = value
             yield util.make_sample_from_instance(
                 self.conf, resource, name=self.meter_name,
                 type=self.meter_type, unit=self.meter_unit,
-                volume=volume, additional_metadata=extra)
+                volume=volume, additional_metadata=dict(extra, **metadata))
+
+    def value(self, data, doc):
+        """(volume, metadata of this sample only), or None for no
+        sample."""
+        volume = self.volume(doc)
+        return None if volume is None else (volume, {})
 
     @staticmethod
     def volume(doc):
@@ -231,16 +245,109 @@ class InstanceIdleEnergyPollster(_InstancePollster):
         return _optional_joules(doc, 'idle_uj')
 
 
+# -- power.instance: the average over the polling period -----------------
+
+# A cumulative counter at one snapshot: ``counter`` says which counter
+# (anything comparable: two readings make a rate only when equal),
+# ``energy_uj`` its value, ``time`` the snapshot's time (s).
+Reading = collections.namedtuple('Reading', 'counter energy_uj time')
+
+
+def average_power(previous, current):
+    """(watts, period_s): the average power between two readings of a
+    cumulative µJ counter, or None when they do not make a rate: no
+    previous reading, another counter (another epoch or source, a new
+    ledger record), a counter that went down, or no time between them
+    (the same snapshot read twice, or a clock stepped back)."""
+    if previous is None or previous.counter != current.counter:
+        return None
+    period_s = current.time - previous.time
+    delta_uj = current.energy_uj - previous.energy_uj
+    if period_s <= 0 or delta_uj < 0:
+        return None
+    return delta_uj / UJ_PER_J / period_s, period_s
+
+
+class PeriodAverages:
+    """Per key, the reading of the previous poll: what average_power
+    needs. Bounded: a key not updated in ``forget_after`` polls is
+    forgotten. Thread-safe: two polling sources may poll one pollster."""
+
+    def __init__(self, forget_after=FORGET_AFTER_POLLS):
+        self.forget_after = forget_after
+        self._lock = threading.Lock()
+        self._readings = {}     # key -> (Reading, poll number)
+        self._poll = 0
+
+    def new_poll(self):
+        """Start a poll: forget keys not updated in the last
+        ``forget_after`` polls."""
+        with self._lock:
+            self._poll += 1
+            oldest = self._poll - self.forget_after
+            for key in [k for k, (_, poll) in self._readings.items()
+                        if poll < oldest]:
+                del self._readings[key]
+
+    def update(self, key, reading):
+        """(watts, period_s) since ``key``'s previous reading, or None;
+        ``reading`` is then the previous one, whatever the result: after
+        a reset or a new epoch, the next poll has a rate again."""
+        with self._lock:
+            previous = self._readings.get(key)
+            self._readings[key] = (reading, self._poll)
+        return average_power(previous and previous[0], reading)
+
+    def __len__(self):
+        return len(self._readings)
+
+
+def counter_identity(data, doc):
+    """What must not change for two readings of an instance's counter to
+    make a rate: the epoch (and its start: a new ledger starts epoch 1
+    again), the source (agents before epochs had none), the ledger
+    record (first_seen: a record dropped after [agent] retention starts
+    again from 0) and the reader's failed reads (a gap where no fresh
+    snapshot was read: the agent may have been stopped, and what
+    instances used then was charged to nobody)."""
+    snap = data.snapshot.document
+    return (snap.get('epoch'), snap.get('epoch_started'), snap['source'],
+            doc.get('first_seen'), data.failed_reads)
+
+
 class InstancePowerPollster(_InstancePollster):
-    """Average power of the instance over the agent's last interval."""
+    """Average power of the instance over the polling period: its
+    energy.instance counter's increase since this pollster's previous
+    poll, over the time between the two snapshots.
+
+    No sample on the first poll of an instance (nothing to compare with),
+    nor when the counter cannot give a rate (average_power,
+    counter_identity); the sample's ``period_s`` metadata is the period
+    in seconds.
+    """
 
     meter_name = 'power.instance'
     meter_type = sample.TYPE_GAUGE
     meter_unit = 'W'
 
-    @staticmethod
-    def volume(doc):
-        return doc['power_w']
+    def __init__(self, conf):
+        super().__init__(conf)
+        # Ceilometer loads a pollster once per process and polls that
+        # object every cycle: the previous poll's readings live here.
+        self.averages = PeriodAverages()
+
+    def _samples(self, data, resources):
+        self.averages.new_poll()
+        return super()._samples(data, resources)
+
+    def value(self, data, doc):
+        reading = Reading(counter_identity(data, doc), doc['total_uj'],
+                          data.snapshot.document['time'])
+        power = self.averages.update(doc['uuid'], reading)
+        if power is None:
+            return None
+        watts, period_s = power
+        return watts, {'period_s': round(period_s, 6)}
 
 
 class _HostZonePollster(_SnapshotPollster):

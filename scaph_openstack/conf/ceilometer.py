@@ -16,10 +16,18 @@ GROUP = cfg.OptGroup(
 OPTS = [
     cfg.StrOpt('snapshot_path',
                default='/run/scaph-openstack/snapshot.json',
-               help='Snapshot written by scaph-openstack-agent every tick '
-                    '(its [snapshot] path). It must be readable by the '
+               help='Snapshot written by scaph-openstack-agent (its '
+                    '[snapshot] path). It must be readable by the '
                     'user ceilometer-polling runs as. A snapshot older '
-                    'than the stale_after_s it declares gives no samples.'),
+                    'than the stale_after_s it declares, and older than '
+                    'stale_after_min, gives no samples.'),
+    cfg.FloatOpt('stale_after_min', default=30.0, min=0.0,
+                 help='Seconds: a snapshot is stale only when it is older '
+                      'than both the stale_after_s it declares and this. '
+                      'One slow agent tick must not make a whole polling '
+                      'cycle publish nothing, and agents before issue 10 '
+                      'declare 3 intervals (6 s by default). 0: the '
+                      'snapshot\'s stale_after_s alone.'),
 ]
 
 

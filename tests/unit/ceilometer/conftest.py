@@ -29,9 +29,9 @@ def conf(_ceilometer_conf, tmp_path):
 def _fresh_health():
     # The health log is per process, like in ceilometer-polling: each test
     # starts as a freshly started polling agent.
-    discovery.HEALTH.reset()
+    discovery.HEALTH.clear()
     yield
-    discovery.HEALTH.reset()
+    discovery.HEALTH.clear()
 
 
 @pytest.fixture

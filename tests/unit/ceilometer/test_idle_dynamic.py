@@ -155,8 +155,10 @@ def test_exporter_labels(conf, meter, value):
 
 @pytest.mark.parametrize('cls', test_pollsters.INSTANCE_POLLSTERS)
 def test_instance_metadata(conf, cls):
-    snapshots.write(conf.scaphandre.snapshot_path)
-    for sample in instance_samples(conf, cls).values():
+    # Second polls: power.instance has no sample on a first one.
+    samples = test_pollsters.polled_twice(conf, cls)
+    assert len(samples) == 2
+    for sample in samples:
         md = sample.resource_metadata
         # package-0 learned 12.5 W, dram-0 configured 2.25 W
         assert (md['idle_estimate'], md['idle_estimate_w'], md['epoch']) \
@@ -201,10 +203,9 @@ def ledger_with_more_zones():
 
 
 def test_instance_idle_estimate_counts_package_and_dram_only(conf):
-    snapshots.write(conf.scaphandre.snapshot_path,
-                    led=ledger_with_more_zones())
-    md = instance_samples(conf, pollsters.InstancePowerPollster)[
-        B].resource_metadata
+    md = test_pollsters.by_resource(test_pollsters.polled_twice(
+        conf, pollsters.InstancePowerPollster,
+        led=ledger_with_more_zones()))[B].resource_metadata
     # core-0 and psys are calibrating, but are parts of (or contain) the
     # package and DRAM zones: neither their state nor their watts count.
     assert (md['idle_estimate'], md['idle_estimate_w']) == (
@@ -271,12 +272,13 @@ def test_old_snapshot_with_local_instances(conf, cls):
 
 
 def test_old_snapshot_metadata(conf):
-    snapshots.write(conf.scaphandre.snapshot_path, old=True)
     for cls in (pollsters.InstanceEnergyPollster,
                 pollsters.InstancePowerPollster):
-        md = instance_samples(conf, cls)[A].resource_metadata
+        md = test_pollsters.by_resource(test_pollsters.polled_twice(
+            conf, cls, old=True))[A].resource_metadata
         assert not {'idle_estimate', 'idle_estimate_w', 'epoch'} & set(md)
         assert md['source'] == 'simulated'
+    snapshots.write(conf.scaphandre.snapshot_path, old=True)
     pkg = zone_samples(conf)['compute-1-package-0']
     assert pkg.resource_metadata == {
         'node': 'compute-1', 'name': 'package-0', 'zone': 'package-0',
@@ -295,8 +297,9 @@ def test_old_snapshot_one_cycle(conf):
     for cls in test_pollsters.ALL_POLLSTERS:
         got[cls.meter_name] = len(cls(conf).get_samples(None, cache,
                                                         resources))
+    # (power.instance: none on a first poll, whatever the snapshot.)
     assert got == {'energy.instance': 2, 'energy.instance.dynamic': 0,
-                   'energy.instance.idle': 0, 'power.instance': 2,
+                   'energy.instance.idle': 0, 'power.instance': 0,
                    'energy.host.zone': 2, 'energy.host.unattributed': 2}
 
 

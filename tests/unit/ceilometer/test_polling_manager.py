@@ -5,6 +5,8 @@ a cycle exactly as ceilometer-polling does (discovery cache, shared
 ``cache`` dict, sample timestamps), without its process or exporter.
 """
 
+import time
+
 from ceilometer.polling import manager
 import pytest
 
@@ -46,7 +48,7 @@ def test_a_polling_cycle(conf, polling_task, reads):
         ('energy.instance', a), ('energy.instance', b),
         ('energy.instance.dynamic', a), ('energy.instance.dynamic', b),
         ('energy.instance.idle', a), ('energy.instance.idle', b),
-        ('power.instance', a), ('power.instance', b),
+        # no power.instance: a first poll has no period
         ('energy.host.zone', 'compute-1-package-0'),
         ('energy.host.zone', 'compute-1-dram-0'),
         ('energy.host.unattributed', 'compute-1-package-0'),
@@ -79,6 +81,35 @@ def test_a_polling_cycle(conf, polling_task, reads):
     # One read for the pollsters (through the cache), at most one more by
     # the discovery when a host pollster happened to run first.
     assert 1 <= len(reads) <= 2
+
+
+def test_power_over_the_polling_period(conf, polling_task):
+    # The manager polls the pollster objects it loaded once: the second
+    # cycle has the average power since the first one's snapshot.
+    path = conf.scaphandre.snapshot_path
+    now = time.time()
+    snapshots.write(path, at=now - 20, scale=1)
+    polling_task.poll_and_notify()
+    assert not [s for s in polling_task.sent
+                if s['counter_name'] == 'power.instance']
+    snapshots.write(path, at=now, scale=11)
+    polling_task.poll_and_notify()
+    power = {s['resource_id']: s for s in polling_task.sent
+             if s['counter_name'] == 'power.instance'}
+    a, b = snapshots.UUID_A, snapshots.UUID_B
+    assert set(power) == {a, b}
+    # 10 x 34 J and 10 x 15 J more, in 20 s
+    assert power[a]['counter_volume'] == pytest.approx(17.0)
+    assert power[b]['counter_volume'] == pytest.approx(7.5)
+    assert (power[a]['counter_type'], power[a]['counter_unit']) == (
+        'gauge', 'W')
+    assert power[a]['resource_metadata']['period_s'] == 20.0
+    assert power[a]['project_id'] == snapshots.PROJECT
+    # And nothing on a third cycle reading the same snapshot.
+    before = len(polling_task.sent)
+    polling_task.poll_and_notify()
+    assert not [s for s in polling_task.sent[before:]
+                if s['counter_name'] == 'power.instance']
 
 
 def test_stale_snapshot_gives_nothing(conf, polling_task):

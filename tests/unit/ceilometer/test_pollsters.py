@@ -1,4 +1,5 @@
 import importlib.metadata
+import time
 
 from ceilometer.compute import discovery as compute_discovery
 from ceilometer.polling import plugin_base
@@ -27,6 +28,23 @@ def by_resource(samples):
 def poll(conf, cls, resources, cache=None):
     return cls(conf).get_samples(manager=None, cache={} if cache is None
                                  else cache, resources=resources)
+
+
+def polled_twice(conf, cls, resources=None, **write):
+    """``cls``'s samples on its second poll, as ceilometer-polling gets
+    them: one pollster object polled on a snapshot, then on the agent's
+    next one 2 s later with every counter doubled (power.instance gives
+    no sample on a first poll). ``write``: snapshots.write arguments."""
+    pollster = cls(conf)
+    now = time.time()
+    for at, scale in ((now - 2, 1), (now, 2)):
+        snapshots.write(conf.scaphandre.snapshot_path, at=at, scale=scale,
+                        **write)
+        found = resources
+        if found is None:
+            found = discovery.SnapshotInstanceDiscovery(conf).discover(None)
+        samples = pollster.get_samples(None, {}, found)
+    return samples
 
 
 def nova_like_server(uuid):
@@ -79,8 +97,9 @@ def test_options_entry_point():
         group='oslo.config.opts') if ep.name == 'scaph_openstack.ceilometer']
     ((group, opts),) = ep.load()()
     assert group.name == 'scaphandre'
-    assert [o.name for o in opts] == ['snapshot_path']
+    assert [o.name for o in opts] == ['snapshot_path', 'stale_after_min']
     assert opts[0].default == '/run/scaph-openstack/snapshot.json'
+    assert opts[1].default == 30.0
     assert scaph_conf.list_opts() == [(group, opts)]
 
 
@@ -111,14 +130,20 @@ def test_instance_energy(conf):
 
 
 def test_instance_power(conf):
+    samples = by_resource(polled_twice(conf, pollsters.InstancePowerPollster))
+    web = samples[snapshots.UUID_A]
+    # The average over the 2 s between the two polls' snapshots (34 J and
+    # 15 J more), not the agent's last-tick power_w (12.25 W, 3.5 W).
+    assert (web.name, web.type, web.unit, web.volume) == (
+        'power.instance', 'gauge', 'W', pytest.approx(17.0))
+    assert web.resource_metadata['period_s'] == 2.0
+    assert samples[snapshots.UUID_B].volume == pytest.approx(7.5)
+
+
+def test_instance_power_first_poll_has_no_sample(conf):
     snapshots.write(conf.scaphandre.snapshot_path)
     resources = discovery.SnapshotInstanceDiscovery(conf).discover(None)
-    samples = by_resource(poll(conf, pollsters.InstancePowerPollster,
-                               resources))
-    web = samples[snapshots.UUID_A]
-    assert (web.name, web.type, web.unit, web.volume) == (
-        'power.instance', 'gauge', 'W', 12.25)
-    assert samples[snapshots.UUID_B].volume == 3.5
+    assert poll(conf, pollsters.InstancePowerPollster, resources) == []
 
 
 def test_instance_metadata_like_ceilometer_compute_samples(conf):
@@ -207,9 +232,7 @@ def test_exporter_labels_are_the_same_for_every_sample(conf, cls):
     # Ceilometer's exporter makes one Gauge per meter with the labels of
     # the first sample; a sample with other labels raises and the rest of
     # the batch is lost.
-    snapshots.write(conf.scaphandre.snapshot_path)
-    resources = discovery.SnapshotInstanceDiscovery(conf).discover(None)
-    samples = cls(conf).get_samples(None, {}, resources)
+    samples = polled_twice(conf, cls)
     assert len(samples) == 2
     keys = {tuple(prom_exporter._gen_labels(
         publisher_utils.meter_message_from_counter(s, 'secret'))['keys'])
