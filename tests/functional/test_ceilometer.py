@@ -8,22 +8,30 @@ pollsters from their entry points. What is checked:
 1. Ceilometer's own Prometheus exporter shows the instance's energy (and
    its dynamic and idle parts) and power with Ceilometer's labels and
    exactly the snapshot's values, with our discovery and with
-   Ceilometer's local_instances;
+   Ceilometer's local_instances; once the agent is killed, no power (no
+   new period);
 2. a change of energy source (simulated, then a fixture RAPL tree) starts
    a new epoch: the exporter shows counters that started again from zero;
 3. samples travel as notifications over a loopback RabbitMQ to
    ceilometer-agent-notification, whose pipeline writes them to a file,
-   with the idle estimate and epoch in their metadata;
-4. a stopped agent stops the samples, with one warning in the log.
+   with the idle estimate and epoch in their metadata, and power.instance
+   is the energy.instance increase over the time between the two polls'
+   snapshots (recorded from the agent's snapshot file);
+4. an agent paused for longer than the staleness its snapshot declares,
+   but not longer than [scaphandre] stale_after_min, does not stop the
+   samples; a stopped agent does, with one warning in the log.
 
 Skipped where this cannot run (not root, no libvirtd or RabbitMQ); with
 CI=true that is a failure instead. Every process is started in its own
 process group and killed on the way out, whatever happens.
 """
 
+import datetime
 import json
 import os
 import shutil
+import signal
+import threading
 import time
 import uuid
 import xml.sax.saxutils
@@ -298,7 +306,10 @@ def assert_shows_frozen_snapshot(agent, polling, instance, host=True):
     assert doc['idle_uj'] != doc['dynamic_uj']
     expected = {
         ('energy.instance', instance.uuid): doc['total_uj'] / 1e6,
-        ('power.instance', instance.uuid): doc['power_w'],
+        # The average over the polling period: the frozen snapshot, read
+        # again and again, has no new period, hence no sample (and the
+        # exporter drops the series), never the agent's last power_w.
+        ('power.instance', instance.uuid): None,
     }
     expected.update({(meter, instance.uuid): doc[key] / 1e6
                      for meter, key in PARTS.items()})
@@ -451,6 +462,81 @@ def read_samples(path):
         return []
 
 
+class SnapshotRecorder(threading.Thread):
+    """Reads the agent's snapshot every 0.1 s while it runs: when each
+    value of the instance's total_uj was written (the snapshot's time),
+    the truth power.instance is checked against."""
+
+    def __init__(self, agent, instance):
+        super().__init__(daemon=True)
+        self.agent, self.uuid = agent, instance.uuid
+        self.times = {}          # total_uj -> {snapshot time}
+        self.done = threading.Event()
+
+    def run(self):
+        while not self.done.is_set():
+            snap = self.agent.read_snapshot(check_stale=False)
+            doc = snap and next((i for i in snap.instances
+                                 if i['uuid'] == self.uuid), None)
+            if doc is not None:
+                self.times.setdefault(doc['total_uj'], set()).add(snap.time)
+            self.done.wait(0.1)
+
+    def stop(self):
+        self.done.set()
+        self.join(5)
+
+    def time_of(self, total_uj):
+        """The time of the snapshot that said ``total_uj``, or None when
+        not recorded or not one snapshot's."""
+        times = self.times.get(total_uj, ())
+        return next(iter(times)) if len(times) == 1 else None
+
+
+def polled_at(s):
+    """A sample's timestamp (Ceilometer's, when it polled), in s."""
+    stamp = datetime.datetime.fromisoformat(s['timestamp'])
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=datetime.timezone.utc)
+    return stamp.timestamp()
+
+
+def assert_power_is_energy_over_the_period(samples, instance, recorder):
+    """Each power.instance sample is the energy.instance increase from
+    the previous cycle to its own (the two pollsters of a cycle read one
+    snapshot, within milliseconds), over the time between the snapshots
+    the agent wrote with those counters."""
+    def of(name):
+        return sorted((polled_at(s), s) for s in samples
+                      if s['name'] == name
+                      and s['resource_id'] == instance.uuid)
+    energy, power = of('energy.instance'), of('power.instance')
+    # The first cycle has no period: no power.
+    assert power[0][0] > energy[0][0] + POLL_INTERVAL / 2, (energy, power)
+    checked = 0
+    for at, p in power:
+        k = min(range(len(energy)), key=lambda i: abs(energy[i][0] - at))
+        assert abs(energy[k][0] - at) < POLL_INTERVAL / 2, (at, energy)
+        assert k > 0, 'power.instance on the first cycle: %s' % p
+        before, after = (round(energy[i][1]['volume'] * 1e6)
+                         for i in (k - 1, k))
+        period_s = p['resource_metadata']['period_s']
+        assert (p['type'], p['unit']) == ('gauge', 'W')
+        assert (p['project_id'], p['user_id']) == (instance.project_id,
+                                                   instance.user_id)
+        assert p['volume'] * period_s == pytest.approx(
+            (after - before) / 1e6, rel=1e-6, abs=1e-6), p
+        start, end = recorder.time_of(before), recorder.time_of(after)
+        if start is None or end is None:
+            continue
+        assert period_s == pytest.approx(end - start, abs=2e-6)
+        assert p['volume'] == pytest.approx(
+            (after - before) / 1e6 / (end - start), rel=1e-6)
+        assert p['volume'] > 0      # a running guest with an idle share
+        checked += 1
+    assert checked >= 2, (power, recorder.times)
+
+
 def test_samples_reach_the_notification_agent(tmp_path, instance, broker,
                                               processes):
     agent = start_agent(tmp_path, stale_after=30)
@@ -459,6 +545,8 @@ def test_samples_reach_the_notification_agent(tmp_path, instance, broker,
     # estimate (the baseline tick's snapshot has none yet, and a fast
     # first poll would read it).
     agent.wait_for_snapshot(running(instance, charged=True))
+    recorder = SnapshotRecorder(agent, instance)
+    recorder.start()
 
     out = os.path.join(str(tmp_path), 'samples.json')
     notif_dir = tmp_path / 'notification'
@@ -544,37 +632,81 @@ def test_samples_reach_the_notification_agent(tmp_path, instance, broker,
             for zone, md in zones.items()} == {
         zone: ('configured', watts) for zone, watts in IDLE_POWER.items()}
 
+    # power.instance: the average over each polling period.
+    wait_until(lambda: sum(s['name'] == 'power.instance'
+                           and s['resource_id'] == instance.uuid
+                           for s in read_samples(out)) >= 5, 30,
+               'five power.instance samples in %s' % out)
+    recorder.stop()
+    assert_power_is_energy_over_the_period(read_samples(out), instance,
+                                           recorder)
+
 
 # -- 4. staleness -----------------------------------------------------------
 
+# [scaphandre] stale_after_min for the staleness test: above the 3 s the
+# agent declares (3 intervals of 1 s, an agent of before issue 10), short
+# enough for a test. The default (30 s) is checked by the unit tests.
+READER_FLOOR_S = 10
+PAUSE_S = 6
+
+
 def test_stopped_agent_stops_the_samples(tmp_path, instance, processes):
-    agent = start_agent(tmp_path)  # stale after 3 intervals: 3 s
+    # Stale after 3 intervals: 3 s. stale_after_min (the agent's floor,
+    # issue 10) 1 s: the agent declares 3 s, as agents before it did, so
+    # the reader's floor is what this test checks.
+    agent = start_agent(tmp_path, stale_after=3, stale_after_min=1)
     processes.append(agent)
-    agent.wait_for_snapshot(running(instance))
+    declared = agent.wait_for_snapshot(running(instance)).stale_after_s
+    assert declared < PAUSE_S < READER_FLOOR_S, declared
     polling = ceilolib.ExporterPolling(tmp_path, agent.snapshot_path)
+    # A second config file, as an operator's ceilometer.conf would say it.
+    polling.argv += ['--config-file', agentlib.write_config(
+        str(tmp_path / 'scaphandre.conf'),
+        {'scaphandre': {'stale_after_min': READER_FLOOR_S}})]
     processes.append(polling.start())
     wait_until(lambda: polling.series('energy.instance', instance.uuid),
                60, lambda: 'energy.instance in the exporter:\n' +
                polling.tail())
     before = len(polling.log_lines())
+
+    # The agent stalls (SIGSTOP) for longer than its snapshot says, not
+    # longer than the reader's floor: every polling cycle still publishes.
+    paused = time.monotonic()
+    os.killpg(agent.pid, signal.SIGSTOP)
+    try:
+        while time.monotonic() - paused < PAUSE_S:
+            # (ours(): a scrape during a cycle can miss one meter's series,
+            # never all of them.)
+            assert polling.ours(), 'samples stopped after %.1fs of pause' \
+                % (time.monotonic() - paused)
+            time.sleep(0.25)
+        assert time.time() - agent.read_snapshot(
+            check_stale=False).time > declared
+        wait_until(lambda: polling.series('energy.instance', instance.uuid),
+                   5, 'energy.instance through the pause')
+    finally:
+        os.killpg(agent.pid, signal.SIGCONT)
+    assert polling.our_warnings(since=before) == []
     last_energy = polling.series('energy.instance', instance.uuid)[1]
 
     assert agent.stop(), 'the agent did not stop on SIGTERM'
     snap = agent.read_snapshot(check_stale=False)
+    limit = max(snap.stale_after_s, READER_FLOOR_S)
     # All four series gone at once: not the exporter's per-meter purge at
     # the start of a cycle, which empties one series at a time.
     wait_until(lambda: not polling.ours(),
-               snap.stale_after_s + 6 * POLL_INTERVAL + 10,
+               limit + 6 * POLL_INTERVAL + 10,
                'our series to leave the exporter')
     # Never before the last snapshot was stale (wall clock, like the
     # snapshot's time), and for several cycles after.
-    assert time.time() - snap.time > snap.stale_after_s
+    assert time.time() - snap.time > limit
     for _ in range(5):
         time.sleep(POLL_INTERVAL)
         assert polling.ours() == []
     warnings = polling.our_warnings(since=before)
     assert len(warnings) == 1, warnings
-    assert 'stale' in warnings[0]
+    assert 'stale after %.1fs' % limit in warnings[0]
 
     # The agent comes back: samples resume from the persisted counters,
     # with an INFO, no second warning.
