@@ -13,25 +13,26 @@ OPTS = [
                       'connection attempt costs one socket connect; a '
                       'short cap makes measurement resume within two '
                       'ticks of libvirtd coming back.'),
-    cfg.FloatOpt('call_timeout', min=0.1,
+    cfg.FloatOpt('call_timeout', default=5.0, min=0.1,
                  help='Longest wait (seconds) for libvirt in one tick '
                       '(connect, the bulk stats call, the XML of new '
                       'domains). A QEMU stuck in D state (NFS, Ceph) or a '
                       'hung libvirtd would otherwise freeze the tick: the '
                       'snapshot and every guest\'s share. A late call is '
                       'left behind (its result dropped when it returns) '
-                      'and that tick\'s energy stays unattributed; the '
-                      'next tick tries again once, and no further call '
-                      'is made while two are left behind. Unset: the '
-                      '[agent] interval, at least 1 s. A healthy call '
-                      'must fit in a tick anyway (one runs every '
-                      'interval; libvirtd takes about 0.7 ms per domain '
-                      'under TCG, 0.7 s for 1000), and a late one then '
-                      'delays a tick by at most one '
-                      'interval, so the snapshot stays fresh (stale after '
-                      '3 intervals). The 1 s floor keeps a busy host\'s '
-                      'slow answer at sub-second intervals from counting '
-                      'as a hang.'),
+                      'and that tick\'s instance energy stays '
+                      'unattributed; the next tick tries again once, on a '
+                      'new connection, and no further call is made while '
+                      'two are left behind. 5 s: a healthy answer takes '
+                      'about 0.7 ms per domain here (0.7 s for 1000, TCG '
+                      'guests), but a busy libvirtd answers late at '
+                      'times (1.5 s seen in the tests while other domains '
+                      'were being started), and a late call costs that '
+                      'tick\'s attribution; two late calls '
+                      'delay ticks by 10 s, well within the snapshot\'s '
+                      'staleness limit ([snapshot] stale_after_min, '
+                      '30 s). Keep call_timeout + interval below the '
+                      'snapshot\'s stale_after_s if you lower that.'),
 ]
 
 

@@ -140,7 +140,7 @@ class LibvirtInventory(base.Inventory):
     name = 'libvirt'
 
     def __init__(self, uri='qemu:///system', reconnect_min=0.5,
-                 reconnect_max=4.0, call_timeout=2.0, clock=time.monotonic,
+                 reconnect_max=4.0, call_timeout=5.0, clock=time.monotonic,
                  opener=None, wallclock=time.time):
         _silence_libvirt_stderr()
         self.uri = uri
@@ -397,10 +397,7 @@ def _close_quietly(conn):
 
 
 def from_conf(conf):
-    timeout = conf.libvirt.call_timeout
-    if timeout is None:
-        timeout = max(conf.agent.interval, 1.0)
     return LibvirtInventory(conf.libvirt.connection_uri,
                             conf.libvirt.reconnect_min,
                             conf.libvirt.reconnect_max,
-                            call_timeout=timeout)
+                            conf.libvirt.call_timeout)

@@ -374,16 +374,13 @@ def test_an_outage_is_logged_once_and_its_end_once(caplog):
     assert sum('answers again' in m for m in messages) == 1
 
 
-def test_call_timeout_defaults_to_the_interval_at_least_one_second():
+def test_call_timeout_comes_from_the_configuration():
     from oslo_config import cfg
 
     from scaph_openstack import conf as scaph_conf
     conf = cfg.ConfigOpts()
     scaph_conf.register_opts(conf)
     conf([])
-    conf.set_override('interval', 2.5, group='agent')
-    assert libvirt_inventory.from_conf(conf).call_timeout == 2.5
-    conf.set_override('interval', 0.2, group='agent')
-    assert libvirt_inventory.from_conf(conf).call_timeout == 1.0
+    assert libvirt_inventory.from_conf(conf).call_timeout == 5.0
     conf.set_override('call_timeout', 0.3, group='libvirt')
     assert libvirt_inventory.from_conf(conf).call_timeout == 0.3
