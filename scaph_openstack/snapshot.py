@@ -62,6 +62,11 @@ def _validate(doc, path):
     for key in ('time', 'stale_after_s', 'instances', 'zones', 'source'):
         if key not in doc:
             raise SnapshotInvalid('%s lacks %r' % (path, key))
+    for key in ('time', 'stale_after_s'):
+        if isinstance(doc[key], bool) or \
+                not isinstance(doc[key], (int, float)):
+            raise SnapshotInvalid('%s: %r is %r, not a number'
+                                  % (path, key, doc[key]))
 
 
 def read(path, now=None, check_stale=True):

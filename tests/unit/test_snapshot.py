@@ -48,12 +48,20 @@ def test_missing_says_what_to_check(tmp_path):
                                          'version': 2}).encode(),
                                      json.dumps({
                                          'format': snapshot.FORMAT,
-                                         'version': 1}).encode()])
+                                         'version': 1}).encode(),
+                                     json.dumps({
+                                         'format': snapshot.FORMAT,
+                                         'version': 1, 'time': 'now',
+                                         'stale_after_s': 30,
+                                         'instances': [], 'zones': [],
+                                         'source': 'rapl'}).encode()])
 def test_invalid(tmp_path, content):
     path = tmp_path / 's.json'
     path.write_bytes(content)
     with pytest.raises(snapshot.SnapshotInvalid):
         snapshot.read(str(path))
+    with pytest.raises(snapshot.SnapshotInvalid):
+        snapshot.read(str(path), check_stale=False)
 
 
 def test_idle_and_dynamic_parts_epoch_and_idle_estimate(tmp_path):
