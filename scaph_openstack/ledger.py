@@ -14,6 +14,7 @@ import math
 
 from scaph_openstack import fileutil
 from scaph_openstack.inventory import base as inventory_base
+from scaph_openstack import jsonutil
 
 FORMAT = 'scaph-openstack.ledger'
 VERSION = 1
@@ -230,23 +231,38 @@ class Ledger:
     def has_kind(self, kind):
         return any(zone.kind == kind for zone in self.zones.values())
 
-    def to_dict(self):
+    def _header(self):
+        """to_dict() but the instances (which come last)."""
         return {
             'format': FORMAT, 'version': VERSION,
             'epoch': self.epoch, 'epoch_started': self.epoch_started,
             'source': self.source, 'previous_epochs': self.previous_epochs,
             'attribution_state': self.attribution_state,
             'zones': [dataclasses.asdict(z) for z in self.zones.values()],
-            # Built by hand: dataclasses.asdict deep-copies every record
-            # and dominated the tick at 1000 instances (doc/performance.md).
-            'instances': [
-                {'identity': r.identity.as_dict(),
-                 'energy_uj': r.energy_uj, 'first_seen': r.first_seen,
-                 'last_seen': r.last_seen, 'power_w': r.power_w,
-                 'state': r.state, 'absent_s': r.absent_s,
-                 'idle_uj': r.idle_uj, 'placement': r.placement}
-                for r in self.instances.values()],
         }
+
+    @staticmethod
+    def _instance_dict(r):
+        # Built by hand: dataclasses.asdict deep-copies every record and
+        # dominated the tick at 1000 instances (doc/performance.md).
+        return {'identity': r.identity.as_dict(),
+                'energy_uj': r.energy_uj, 'first_seen': r.first_seen,
+                'last_seen': r.last_seen, 'power_w': r.power_w,
+                'state': r.state, 'absent_s': r.absent_s,
+                'idle_uj': r.idle_uj, 'placement': r.placement}
+
+    def to_dict(self):
+        doc = self._header()
+        doc['instances'] = [self._instance_dict(r)
+                            for r in self.instances.values()]
+        return doc
+
+    def dumps(self):
+        """What save() writes: json.dumps(to_dict()) in compact form, as
+        bytes, encoded a batch of instances at a time (jsonutil)."""
+        return jsonutil.dumps_with_list(
+            self._header(), 'instances',
+            map(self._instance_dict, self.instances.values()))
 
     @classmethod
     def from_dict(cls, doc):
@@ -278,8 +294,7 @@ class Ledger:
         return ledger
 
     def save(self, path):
-        data = json.dumps(self.to_dict(), separators=(',', ':')).encode()
-        fileutil.replace_file(path, data, mode=0o600, fsync=True)
+        fileutil.replace_file(path, self.dumps(), mode=0o600, fsync=True)
 
     @classmethod
     def load(cls, path):
