@@ -7,8 +7,10 @@ and 1 J keep scaphandre's power readings useful (it averages over its own
 interval) while blurring the fine-grained variations a side channel needs.
 """
 
+import json
 import logging as std_logging
 import os
+import re
 import time
 
 from oslo_log import log as logging
@@ -21,6 +23,34 @@ from scaph_openstack import statelog
 
 LOG = logging.getLogger(__name__)
 ORPHAN_SCAN_INTERVAL_S = 60.0
+# A string JSON encodes as itself between quotes.
+_PLAIN = re.compile(r'[A-Za-z0-9._-]+\Z')
+
+
+class MetaFiles:
+    """The meta file of each instance for one publication.
+
+    Only the uuid differs between instances: the document is encoded once
+    (layout.meta_file, about 4 µs a call) around a placeholder, and each
+    instance's bytes are that with its uuid put in. Any uuid that would
+    not encode as itself, or a placeholder that is not found exactly
+    once, takes layout.meta_file itself: the bytes are always the same.
+    """
+
+    PLACEHOLDER = 'scaph-openstack.uuid.placeholder'
+
+    def __init__(self, make):
+        self._make = make       # uuid -> the meta file's bytes
+        data = make(self.PLACEHOLDER)
+        quoted = json.dumps(self.PLACEHOLDER).encode()
+        self._parts = (data.split(quoted) if data.count(quoted) == 1
+                       else None)
+
+    def __call__(self, uuid):
+        if self._parts is None or not _PLAIN.match(uuid):
+            return self._make(uuid)
+        head, tail = self._parts
+        return b'%s"%s"%s' % (head, uuid.encode(), tail)
 
 
 class SharePublisher(base.Publisher):
@@ -59,7 +89,7 @@ class SharePublisher(base.Publisher):
         last = self._last_write.get(uuid)
         return last is None or now - last >= self.min_interval
 
-    def _files(self, uuid, totals, report, with_dram, idle_estimate):
+    def _files(self, uuid, totals, with_dram, meta):
         """What changed since this process last wrote the tree: the whole
         tree the first time, then only counters that moved, and the meta
         file (its time says the agent is alive)."""
@@ -78,13 +108,15 @@ class SharePublisher(base.Publisher):
                 changed.pop((layout.DRAM_DIR, 'energy_uj'), None)
             files.update(changed)
         self._last_values[uuid] = (package, dram)
-        files[('', layout.META_FILE)] = layout.meta_file(
-            layout.meta_document(
-                uuid, report.time,
-                max(self.min_interval, report.configured_interval_s),
-                report.source, report.model, self.resolution_uj,
-                report.epoch, idle_estimate))
+        files[('', layout.META_FILE)] = meta(uuid)
         return files
+
+    def _meta_files(self, report):
+        idle_estimate = report.host_idle_estimate()
+        interval = max(self.min_interval, report.configured_interval_s)
+        return MetaFiles(lambda uuid: layout.meta_file(layout.meta_document(
+            uuid, report.time, interval, report.source, report.model,
+            self.resolution_uj, report.epoch, idle_estimate)))
 
     def publish(self, report):
         now = self.clock()
@@ -94,7 +126,7 @@ class SharePublisher(base.Publisher):
             self._last_values.clear()
             self._last_write.clear()
         with_dram = report.has_kind('dram')
-        idle_estimate = report.host_idle_estimate()
+        meta = self._meta_files(report)
         for uuid, totals in report.instances.items():
             # Instances that do not run (paused, shut off, undefined) are
             # written once per agent lifetime: after a host reboot the
@@ -103,16 +135,15 @@ class SharePublisher(base.Publisher):
             if not self._due(uuid, now) or \
                     (not totals.running and uuid in self._last_write):
                 continue
-            self._write(uuid, totals, report, with_dram, idle_estimate, now)
+            self._write(uuid, totals, with_dram, meta, now)
         for uuid in report.expired:
             self._forget(uuid)
         self._remove_orphans(report, now)
 
-    def _write(self, uuid, totals, report, with_dram, idle_estimate, now):
+    def _write(self, uuid, totals, with_dram, meta, now):
         try:
             self.tree.write_instance(
-                uuid, self._files(uuid, totals, report, with_dram,
-                                  idle_estimate))
+                uuid, self._files(uuid, totals, with_dram, meta))
         except (layout.LayoutError, OSError) as exc:
             # One broken tree (a full tmpfs, something planted in it)
             # must not stop the other instances' updates.
