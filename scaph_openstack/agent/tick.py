@@ -261,22 +261,26 @@ class Ticker:
             socket_cpus=self.socket_cpus if self.topology else {})
 
     def _usage_delta(self, instance):
-        cpu = instance_cpu_delta(self.baseline.cpu_ns.get(instance.uuid),
+        uuid = instance.uuid
+        cpu = instance_cpu_delta(self.baseline.cpu_ns.get(uuid),
                                  instance.cpu_time_ns)
         vcpu_deltas = None
-        previous = self.baseline.vcpu_ns.get(instance.uuid)
-        if instance.vcpu_time_ns and previous:
-            vcpu_deltas = {n: instance_cpu_delta(previous.get(n), ns)
-                           for n, ns in instance.vcpu_time_ns.items()}
+        if instance.vcpu_time_ns:
+            previous = self.baseline.vcpu_ns.get(uuid)
+            if previous:
+                vcpu_deltas = {n: instance_cpu_delta(previous.get(n), ns)
+                               for n, ns in instance.vcpu_time_ns.items()}
         return attribution_base.UsageDelta(
-            instance.uuid, cpu, instance.vcpus,
+            uuid, cpu, instance.vcpus,
             socket_cpu_ns=topology.socket_cpu_ns(
                 cpu, instance.pins, vcpu_deltas, self.topology))
 
     @staticmethod
     def _placement(delta, one_socket):
+        if one_socket:
+            return attribution_base.PLACEMENT_SOCKET
         known = delta.known_sockets()
-        if one_socket or (known and sum(known.values()) >= delta.cpu_ns):
+        if known and sum(known.values()) >= delta.cpu_ns:
             return attribution_base.PLACEMENT_SOCKET
         return attribution_base.PLACEMENT_HOST_WIDE
 
