@@ -434,8 +434,12 @@ def main(argv=None):
     except (cfg.Error, OSError) as exc:
         return report_fatal(FatalStartupError(
             'unusable configuration: %s' % exc), log=False)
-    # (It registers oslo.service's options, checked with the others.)
-    launcher = service.ServiceLauncher(conf, restart_method='mutate')
+    # It registers oslo.service's options, checked with the others. fork,
+    # not spawn: the worker inherits the parsed configuration and the
+    # StartupReports pipe (oslo.service 4.8 defaults to fork too, 4.5 to
+    # 4.7 preferred spawn).
+    launcher = service.ServiceLauncher(conf, restart_method='mutate',
+                                       start_method='fork')
     try:
         check_startup(conf)
     except FatalStartupError as exc:
