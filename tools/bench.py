@@ -32,7 +32,9 @@ from tools.bench_support import standin
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_SIZES = (10, 100, 1000)
 ORPHAN_SCAN_S = 60.0   # scaph_openstack.publishers.share
-SHARE_MIN_INTERVAL = 10.0  # [share] min_interval default
+# [snapshot], [share] and [prometheus] min_interval default: the ticker
+# persists the ledger and publishes every 10 s, ticks every 2 s.
+DEFAULT_MIN_INTERVAL = 10.0
 WORKER_TIMEOUT_S = 600
 
 
@@ -72,6 +74,10 @@ def parse_args(argv):
     p.add_argument('--record-fixture', action='store_true',
                    help='also save the replies recorded from a real guest '
                    'as the fixture file')
+    p.add_argument('--gc-freeze', action='store_true',
+                   help='what-if: gc.collect() and gc.freeze() in the '
+                   'agent worker after the warm-up ticks (the agent does '
+                   'not do it; rows are labelled "gc frozen")')
     p.add_argument('--quick', action='store_true',
                    help='smoke test: no real guests, no mount, one warm-up '
                    'tick, short amortised runs')
@@ -91,13 +97,15 @@ def parse_args(argv):
 
 
 def write_period(interval):
-    """Ticks between two writes of one instance's share by default."""
-    return max(1, math.ceil(SHARE_MIN_INTERVAL / interval - 1e-9))
+    """Ticks between two publications (ledger save, report, snapshot,
+    share trees) at the default min_interval."""
+    return max(1, math.ceil(DEFAULT_MIN_INTERVAL / interval - 1e-9))
 
 
 def amortised_ticks(args):
-    """Measured ticks of the amortised rows: whole periods of the share
-    rate limit and (unless --quick) of the orphan scan."""
+    """Measured ticks of the default-config rows: whole periods of the
+    publications and (unless --quick) of the share's orphan scan, so
+    the mean per tick has each at its real frequency."""
     period = write_period(args.interval)
     if not args.quick:
         scan = max(1, math.ceil(ORPHAN_SCAN_S / args.interval - 1e-9))
@@ -170,6 +178,7 @@ class Bench:
             'n': n, 'mode': mode, 'interval': self.args.interval,
             'min_interval': min_interval, 'warmup': self.args.warmup,
             'ticks': ticks, 'floor_ticks': self.args.ticks,
+            'gc_freeze': self.args.gc_freeze,
             'recording': self.recording_path,
             'powercap': os.path.join(base, 'powercap'),
             'snapshot': os.path.join(base, 'run', 'snapshot.json'),
@@ -199,6 +208,8 @@ class Bench:
                           self.scratch.state_dir)
 
     def add_agent(self, result, label, amortised):
+        if self.args.gc_freeze:
+            label = label.replace(')', ', gc frozen)')
         self.agent_rows.append(report.AgentRow(result, label, amortised))
 
     # -- the run --------------------------------------------------------
@@ -258,8 +269,10 @@ class Bench:
                         os.path.relpath(self.recording_path, REPO),
                         rec['recorded_at'], rec['source'],
                         rec['libvirt_daemon_version']))
+            from scaph_openstack.inventory import libvirt as inventory
             self.standin_cost = standin.calibrate(
-                standin.load(self.recording_path))
+                standin.load(self.recording_path), inventory.STATS,
+                inventory.FLAGS)
             sizes = list(args.sizes)
             if self.real_n and self.real_n not in sizes:
                 sizes.insert(0, self.real_n)
@@ -267,7 +280,8 @@ class Bench:
                 label = '%d (stand-in)' % n
                 self.add_agent(self.agent(n, 'standin', 0.0, args.ticks),
                                label, False)
-                self.add_agent(self.agent(n, 'standin', SHARE_MIN_INTERVAL,
+                self.add_agent(self.agent(n, 'standin',
+                                          DEFAULT_MIN_INTERVAL,
                                           amortised_ticks(args)),
                                label, True)
                 if self.ceilometer:
@@ -298,8 +312,9 @@ class Bench:
             '- real: the agent as `scaph-openstack-agent` builds it '
             '(`service.build_ticker`, stevedore plugins) and its '
             '`Ticker.tick()`; `LibvirtInventory` (identity cache, Nova XML '
-            'parsing), `RaplSource`, `cputime`, the ledger saved with fsync '
-            'every tick to a directory on %s, the `snapshot` and `share` '
+            'parsing, its deadline thread), `RaplSource`, `cputime`, the '
+            'ledger saved with fsync to a directory on %s before each '
+            'publication, the `Report`, the `snapshot` and `share` '
             'publishers writing to %s; Ceilometer\'s `CPUPollster`, '
             '`LibvirtInspector` and `local_instances` discovery, and our '
             'discovery and pollsters' % (self.state_fs, self.tmpfs),
@@ -309,12 +324,16 @@ class Bench:
             'sockets with DRAM, advanced by the bench); monotonic clock = '
             'fake, advanced by %g s per tick while ticks run back to back'
             % (self.recording_origin, a.interval),
-            '- CPU time of the agent process (`time.process_time_ns`) '
-            'around each stage; every tick: medians of %d ticks after %d '
-            'warm-up; min_interval 10 s: means over %d ticks (whole '
-            'rate-limit and orphan-scan periods); Ceilometer: medians of '
-            '%d polling cycles' % (a.ticks, a.warmup, amortised_ticks(a),
-                                   a.ticks),
+            '- CPU time of the agent process (`time.process_time_ns`, all '
+            'its threads) around each stage; every tick (min_interval 0 '
+            'for every publisher: each tick saves the ledger and '
+            'publishes): medians of %d ticks after %d warm-up; '
+            'min_interval %g s (the default: a tick every %g s, a '
+            'publication every %d ticks): means over %d ticks (whole '
+            'publication and orphan-scan periods); Ceilometer: medians of '
+            '%d polling cycles' % (
+                a.ticks, a.warmup, DEFAULT_MIN_INTERVAL, a.interval,
+                write_period(a.interval), amortised_ticks(a), a.ticks),
         ]
         return '\n'.join(lines)
 
@@ -329,12 +348,15 @@ class Bench:
                 '%s: first (baseline) tick %s µs, of which inventory %s µs '
                 '(Nova XML parsed once per domain) and share %s µs '
                 '(directories created); peak RSS %s MB (%s MB after '
-                'imports, %s MB of it the stand-in\'s data).' % (
+                'imports, %s MB of it the stand-in\'s data; %s MB after '
+                'the ticks; peak reached at tick %s of the every-tick '
+                'run, 0 being the baseline tick).' % (
                     row.label, report._fmt(row.first['total']),
                     report._fmt(row.first['inventory']),
                     report._fmt(row.first['share']),
                     report._fmt(row.rss, 1), report._fmt(row.import_mb, 1),
-                    report._fmt(row.standin_mb, 1)))
+                    report._fmt(row.standin_mb, 1),
+                    report._fmt(row.rss_after, 1), row.peak_tick))
         if self.real_n:
             real = by.get((self.real_n, False, True))
             fake = by.get((self.real_n, False, False))
@@ -353,23 +375,40 @@ class Bench:
                         report._fmt(fake.per_instance, 1),
                         report._fmt(real.stages['libvirtd'])))
         for row in self.agent_rows:
-            if row.at_target_scale and 'real' not in row.label:
-                v = row.verdicts()
-                if not v['us'] or not v['floor']:
-                    top = sorted(report.STAGE_COLUMNS,
-                                 key=lambda k: -row.stages[k])[:3]
-                    notes.append(
-                        '%s, %s: %s µs/instance (wall %s ms per tick); '
-                        'largest stages %s; the floor alone is %s '
-                        'µs/instance.' % (
-                            row.label, 'min_interval 10 s' if row.amortised
-                            else 'every tick',
-                            report._fmt(row.per_instance, 1),
-                            report._fmt(row.stages['wall'] / 1000, 1),
-                            ', '.join('%s %s µs/inst' % (
-                                k, report._fmt(row.stages[k] / row.n, 1))
-                                for k in top),
-                            report._fmt(row.floor / row.n, 1)))
+            if row.n not in (report.TARGET_SCALE, max(
+                    r.n for r in self.agent_rows)) or 'real' in row.label:
+                continue
+            top = sorted(report.STAGE_COLUMNS,
+                         key=lambda k: -row.stages[k])[:3]
+            kinds = []
+            for published, what in ((True, 'publishing'),
+                                    (False, 'other')):
+                mean = row.by_kind.get(published)
+                if mean:
+                    kinds.append('%d %s ticks %s µs each (%s '
+                                 'µs/instance)' % (
+                                     mean[1], what, report._fmt(mean[0]),
+                                     report._fmt(mean[0] / row.n, 1)))
+            notes.append(
+                '%s, %s: %s µs/instance (wall %s ms per tick); largest '
+                'stages %s; %s; garbage collector %s µs/tick on average, '
+                '%s %% of the mean tick (collections per tick: gen0 %s, '
+                'gen1 %s, gen2 %s; %s objects tracked, %s frozen); the '
+                'floor alone is %s µs/instance.' % (
+                    row.label, row.mode_cell, report._fmt(
+                        row.per_instance, 1),
+                    report._fmt(row.stages['wall'] / 1000, 1),
+                    ', '.join('%s %s µs/inst' % (
+                        k, report._fmt(row.stages[k] / row.n, 1))
+                        for k in top),
+                    ' and '.join(kinds) if kinds else 'no tick',
+                    report._fmt(row.gc_us),
+                    report._fmt(100 * row.gc_us / row.mean_total
+                                if row.mean_total else None),
+                    *(report._fmt(x, 2) for x in row.gc_per_tick),
+                    report._fmt(row.gc_tracked),
+                    report._fmt(row.gc_frozen),
+                    report._fmt(row.floor / row.n, 1)))
         return notes
 
     def _row(self, n, amortised, real=False):
@@ -399,8 +438,12 @@ class Bench:
         n, fmt = report.TARGET_SCALE, report._fmt
         delta = self.rpc_delta()
         out = []
-        for amortised, how in ((False, 'share written every tick'),
-                               (True, 'default min_interval 10 s')):
+        for amortised, how in ((True, 'default min_interval %g s: a '
+                                'publication every %d ticks' % (
+                                    DEFAULT_MIN_INTERVAL,
+                                    write_period(self.args.interval))),
+                               (False, 'min_interval 0: every tick '
+                                'saves the ledger and publishes')):
             row = self._row(n, amortised)
             if row is None:
                 out.append(('agent at %d instances (%s)' % (n, how),
@@ -416,10 +459,11 @@ class Bench:
                 ratio = (row.total + delta * n) / (row.floor + delta * n)
                 est_ratio = '%sx (%s)' % (fmt(ratio, 2), report._verdict(
                     ratio <= report.TARGET_FLOOR_RATIO))
-            out.append(('agent CPU ≤ %g µs/instance/tick at %d (%s)'
-                        % (report.TARGET_US_PER_INSTANCE, n, how),
-                        '%s µs' % fmt(row.per_instance, 1),
-                        report._verdict(v['us']), est_us))
+            if v['us'] is not None:
+                out.append(('agent CPU ≤ %g µs/instance/tick at %d (%s)'
+                            % (report.TARGET_US_PER_INSTANCE, n, how),
+                            '%s µs' % fmt(row.per_instance, 1),
+                            report._verdict(v['us']), est_us))
             out.append(('agent ≤ %gx the floor at %d (%s)'
                         % (report.TARGET_FLOOR_RATIO, n, how),
                         '%sx (floor %s µs/instance)' % (

@@ -8,17 +8,21 @@ The agent is built the way scaph-openstack-agent builds it
 * the libvirt inventory gets the stand-in connection (``_conn``), unless
   ``mode`` is ``real`` (qemu:///system and real guests);
 * the tick's clock and the share publisher's clock are a fake clock moved
-  by the configured interval between ticks, so rate limiting
-  (``min_interval``), power and orphan scans behave as on a live host
-  while ticks run back to back;
+  by the configured interval between ticks, so the publishers'
+  ``min_interval`` (which ticks persist the ledger and publish), power and
+  orphan scans behave as on a live host while ticks run back to back;
 * each stage's method is wrapped to add its CPU time
   (``time.process_time_ns``) to the tick's record. ``Ticker.tick()``
   itself is the agent's, unchanged; "other" is what it spends outside the
-  wrapped stages (deltas, baselines, the report).
+  wrapped stages (deltas, baselines, presence, which publishers are due).
+  Each record also says what the tick wrote: ledger saves, snapshots,
+  share trees and files, so the floor can price that very tick.
 
 Then the floor loop runs in the same process, and the peak RSS is read.
 """
 
+import gc
+import math
 import os
 import statistics
 import sys
@@ -28,7 +32,10 @@ from tools.bench_support import fixtures
 from tools.bench_support import standin as standin_mod
 
 STAGES = ('energy', 'procstat', 'inventory', 'attribution', 'ledger',
-          'snapshot', 'share')
+          'save', 'report', 'snapshot', 'share')
+# Publishers whose [group] min_interval the bench sets (all of them: the
+# ticker publishes when any is due, and persists the ledger first).
+PUBLISHER_GROUPS = ('snapshot', 'share', 'prometheus')
 
 
 def vm_status(field):
@@ -90,9 +97,12 @@ def configure(params):
             'powercap_path = %s' % params['powercap'],
             'use_privsep = false',
             '[snapshot]', 'path = %s' % params['snapshot'],
+            'min_interval = %r' % params['min_interval'],
             '[share]', 'work_dir = %s' % params['shares'],
             'manage_mounts = false',
-            'min_interval = %r' % params['min_interval'], '')))
+            'min_interval = %r' % params['min_interval'],
+            '[prometheus]', 'min_interval = %r' % params['min_interval'],
+            '')))
     return service.prepare(['--config-file', path])
 
 
@@ -102,10 +112,57 @@ def instrument(ticker, stages):
     stages.wrap(hoststat, 'read_host_cpu', 'procstat')
     stages.wrap(ticker.inventory, 'list_instances', 'inventory')
     stages.wrap(ticker.attribution, 'split', 'attribution')
-    for method in ('add_tick', 'expire', 'save'):
+    for method in ('add_tick', 'expire'):
         stages.wrap(ticker.ledger, method, 'ledger')
+    stages.wrap(ticker.ledger, 'save', 'save')
+    stages.wrap(ticker._builder, 'build', 'report')
     for publisher in ticker.publishers:
         stages.wrap(publisher, 'publish', publisher.name)
+
+
+class CallCounter:
+    """Counts calls of some objects' methods (one Python call each)."""
+
+    def __init__(self):
+        self.counts = {}
+
+    def wrap(self, obj, attr, key):
+        original = getattr(obj, attr)
+        counts = self.counts
+        counts[key] = 0
+
+        def counting(*args, **kwargs):
+            counts[key] += 1
+            return original(*args, **kwargs)
+
+        setattr(obj, attr, counting)
+
+    def snapshot(self):
+        return dict(self.counts)
+
+
+class GcClock:
+    """CPU time spent in the cyclic garbage collector (gc.callbacks), and
+    collections per generation: the collector runs inside whichever stage
+    allocates when a threshold is crossed, so its cost is spread over the
+    stages; this says how much of the tick it is."""
+
+    def __init__(self):
+        self.ns = 0
+        self.collections = [0, 0, 0]
+        self._start = None
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase, info):
+        if phase == 'start':
+            self._start = time.process_time_ns()
+        elif self._start is not None:
+            self.ns += time.process_time_ns() - self._start
+            self.collections[info['generation']] += 1
+            self._start = None
+
+    def snapshot(self):
+        return self.ns, list(self.collections)
 
 
 class FileCounter:
@@ -148,10 +205,13 @@ class Floor:
     size saved with write/fsync/rename/fsync(dir), as the agent must. No
     formatting, no JSON: the bytes are prepared before.
 
-    ``AgentRow`` (report.py) prices each measured agent tick with these:
-    the instances the agent wrote that tick times the meta-only cost,
-    plus each counter whose guest-visible value changed times the cost of
-    one energy_uj file.
+    ``AgentRow`` (report.py) prices each measured agent tick with these,
+    at the agent's own publication frequency: the inputs every tick; the
+    ledger save and the snapshot as many times as that tick did them (on
+    publishing ticks: publishing a value the disk does not hold is not
+    allowed, so a publication cannot skip the save); the instances whose
+    tree it wrote times the meta-only cost, plus each counter whose
+    guest-visible value changed times the cost of one energy_uj file.
     """
 
     FILE_FLAGS = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
@@ -159,13 +219,14 @@ class Floor:
     DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
     def __init__(self, root, energy_paths, conn, uuids, meta_size,
-                 snapshot_size, ledger_dir, ledger_size):
+                 snapshot_size, ledger_dir, ledger_size, stats, flags):
         from scaph_openstack.share import layout
         self.root = root
         self.energy_paths = energy_paths
         self.conn = conn
         self.uuids = list(uuids)
         self.ledger_dir = ledger_dir
+        self.stats, self.flags = stats, flags
         counter = b'123456789012\n'
         self.meta = [('', layout.META_FILE, b'x' * meta_size)]
         self.full = [(layout.PACKAGE_DIR + '/', 'energy_uj', counter),
@@ -196,7 +257,6 @@ class Floor:
             os.close(fd)
 
     def once(self):
-        from scaph_openstack.inventory import libvirt as inventory_libvirt
         clock = time.process_time_ns
         t0 = clock()
         for path in self.energy_paths:
@@ -207,8 +267,7 @@ class Floor:
         os.read(fd, 65536)
         os.close(fd)
         t1 = clock()
-        self.conn.getAllDomainStats(inventory_libvirt.STATS,
-                                    inventory_libvirt.FLAGS)
+        self.conn.getAllDomainStats(self.stats, self.flags)
         t2 = clock()
         root_fd = os.open(self.root, self.DIR_FLAGS)
         self._shares(root_fd, self.meta)
@@ -246,11 +305,24 @@ def changed_counters(before, after):
 
 # -- the run --------------------------------------------------------------
 
+def failing(ticker):
+    """What the ticker and its inventory say is failing now."""
+    out = dict(ticker.states._active)
+    for owner, obj, attr in [('inventory', ticker.inventory, '_states')] + [
+            (p.name, p, 'states') for p in ticker.publishers]:
+        log = getattr(obj, attr, None)
+        if log is not None:
+            out.update(('%s:%s' % (owner, k), v)
+                       for k, v in log._active.items())
+    return out
+
+
 def run(params):
     rss = {'start': vm_status('VmRSS')}
     import libvirt  # noqa: F401  (the agent imports it too)
 
     from scaph_openstack.agent import service
+    from scaph_openstack.inventory import libvirt as inventory_libvirt
     rss['after_imports'] = vm_status('VmRSS')
 
     fixture = fixtures.PowercapFixture(params['powercap'])
@@ -265,20 +337,18 @@ def run(params):
         ticker.inventory._conn = stand_in
     clock = FakeClock()
     ticker.clock = clock
-    ticker_share(ticker).clock = clock
+    share = ticker_share(ticker)
+    share.clock = clock
     stages = StageClock()
     instrument(ticker, stages)
     files = FileCounter()
-    share = ticker_share(ticker)
-    written = [0]
-    write_instance = share.tree.write_instance
-
-    def counted_write(*args, **kwargs):
-        written[0] += 1
-        return write_instance(*args, **kwargs)
-
-    share.tree.write_instance = counted_write
+    calls = CallCounter()
+    calls.wrap(share.tree, 'write_instance', 'share_instances')
+    calls.wrap(ticker.ledger, 'save', 'saves')
+    for publisher in ticker.publishers:
+        calls.wrap(publisher, 'publish', 'publish:' + publisher.name)
     libvirtd = fixtures.libvirtd_pids() if params['mode'] == 'real' else []
+    collector = GcClock()
 
     def advance():
         clock.advance(params['interval'])
@@ -286,11 +356,22 @@ def run(params):
         if stand_in is not None:
             stand_in.advance(params['interval'])
 
-    records = []
-    for _ in range(params['warmup'] + params['ticks']):
+    # A publication is due at least every ceil(min_interval / interval)
+    # ticks: a longer run of ticks without one means a failure.
+    period = max(1, math.ceil(params['min_interval'] / params['interval']
+                              - 1e-9))
+    records, since_report = [], 0
+    for index in range(params['warmup'] + params['ticks']):
+        if index == params['warmup'] and params.get('gc_freeze'):
+            # What-if (--gc-freeze): the long-lived objects (modules,
+            # configuration, plugins, the ledger, identities) out of the
+            # collector's way, as a service could do once started.
+            gc.collect()
+            gc.freeze()
         stages.reset()
+        gc0, collections0 = collector.snapshot()
         daemon0 = fixtures.cpu_ns_of(libvirtd) if libvirtd else 0
-        files0, written0 = files.count, written[0]
+        files0, calls0 = files.count, calls.snapshot()
         values0 = dict(share._last_values)
         wall0 = time.perf_counter_ns()
         cpu0 = time.process_time_ns()
@@ -298,21 +379,36 @@ def run(params):
         cpu = time.process_time_ns() - cpu0
         wall = time.perf_counter_ns() - wall0
         daemon = fixtures.cpu_ns_of(libvirtd) - daemon0 if libvirtd else 0
-        if report is None:
-            raise RuntimeError('a tick published nothing (see stderr)')
+        problems = failing(ticker)
+        since_report = 0 if report is not None else since_report + 1
+        if problems or since_report >= period:
+            raise RuntimeError('tick %d published nothing for %d ticks; '
+                               'failing: %s (see stderr)' % (
+                                   len(records), since_report, problems))
+        gc1, collections1 = collector.snapshot()
+        count = {k: v - calls0[k] for k, v in calls.snapshot().items()}
         record = dict(stages.acc)
         record['other'] = cpu - sum(stages.acc.values())
         record['total'] = cpu
         record['wall'] = wall
         record['libvirtd'] = daemon
-        # Every tick also replaces the ledger and the snapshot.
-        record['share_files'] = files.count - files0 - 2
-        record['share_instances'] = written[0] - written0
+        record['gc'] = gc1 - gc0
+        record['gc_collections'] = [b - a for a, b in zip(
+            collections0, collections1, strict=True)]
+        record['hwm_mb'] = vm_status('VmHWM')
+        record['published'] = int(report is not None)
+        record['saves'] = count['saves']
+        record['snapshot_writes'] = count.get('publish:snapshot', 0)
+        record['share_runs'] = count['publish:share']
+        record['share_files'] = (files.count - files0 - count['saves']
+                                 - record['snapshot_writes'])
+        record['share_instances'] = count['share_instances']
         record['changed_counters'] = changed_counters(values0,
                                                       share._last_values)
         records.append(record)
         advance()
     rss['hwm_after_ticks'] = vm_status('VmHWM')
+    rss['rss_after_ticks'] = vm_status('VmRSS')
 
     instances = len(ticker.ledger.instances)
     if stand_in is not None and instances != params['n']:
@@ -331,7 +427,8 @@ def run(params):
     floor = Floor(os.path.join(params['floor_dir']), fixture.energy_paths(),
                   ticker.inventory._conn,
                   [r for r in ticker.ledger.instances], meta_size,
-                  snapshot_size, os.path.dirname(ledger_path), ledger_size)
+                  snapshot_size, os.path.dirname(ledger_path), ledger_size,
+                  inventory_libvirt.STATS, inventory_libvirt.FLAGS)
     floors = [floor.once() for _ in range(params['warmup']
                                           + params['floor_ticks'])]
     # VmHWM, not ru_maxrss: Linux carries the parent's RSS at fork over
@@ -352,6 +449,8 @@ def run(params):
         'snapshot_bytes': snapshot_size,
         'ledger_bytes': ledger_size,
         'share_dirs': len(share_dirs),
+        'gc_tracked': len(gc.get_objects()),
+        'gc_frozen': gc.get_freeze_count(),
         'standin_calls': stand_in.calls if stand_in is not None else None,
         'median_total_us': statistics.median(
             r['total'] for r in records[params['warmup']:]) / 1000,
