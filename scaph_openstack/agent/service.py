@@ -16,6 +16,7 @@ import re
 import socket
 import sys
 import threading
+import time
 import warnings
 
 from oslo_config import cfg
@@ -31,6 +32,7 @@ from oslo_service import backend  # noqa: E402
 
 backend.init_backend(backend.BackendType.THREADING)
 
+from oslo_privsep import capabilities as privsep_caps  # noqa: E402
 from oslo_service import loopingcall  # noqa: E402
 from oslo_service import service  # noqa: E402
 
@@ -168,6 +170,7 @@ def check_startup(conf):
         raise as_fatal(exc)
     built[0].close()
     load_ledger(conf)
+    check_privsep()
 
 
 # What to check when a publisher cannot start, by publisher name.
@@ -199,16 +202,55 @@ def start_publishers(publishers):
                    hint(publisher))) from exc
 
 
-def start_privsep():
+PRIVSEP_HINT = ('it needs CAP_SYS_ADMIN, CAP_DAC_OVERRIDE, '
+                'CAP_DAC_READ_SEARCH, CAP_FOWNER and CAP_CHOWN in the '
+                'capability bounding set, as in '
+                'etc/systemd/scaph-openstack-agent.service')
+
+
+def check_privsep(get_caps=None):
+    """As root the worker forks the privsep daemon, which keeps only its
+    capabilities and fails if this process lacks one (a unit's
+    CapabilityBoundingSet, a container): told here, before the fork."""
+    if os.geteuid() != 0:
+        return
+    wanted = set(privsep.sys_admin.conf.capabilities)
+    _effective, permitted, _inheritable = (
+        get_caps or privsep_caps.get_caps)()
+    missing = sorted(privsep_caps.CAPS_BYVALUE.get(c, str(c))
+                     for c in wanted - set(permitted))
+    if missing:
+        raise FatalStartupError(
+            'cannot start: the privsep daemon cannot get %s: %s'
+            % (', '.join(missing), PRIVSEP_HINT))
+
+
+def start_privsep(reports=None):
+    worker = os.getpid()
     try:
         privsep.start_if_root()
     except Exception as exc:
-        raise FatalStartupError(
-            'cannot start: the privsep daemon did not start (%s: %s); it '
-            'needs CAP_SYS_ADMIN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, '
-            'CAP_FOWNER and CAP_CHOWN in the bounding set, as in '
-            'etc/systemd/scaph-openstack-agent.service'
-            % (type(exc).__name__, exc)) from exc
+        fatal = FatalStartupError(
+            'cannot start: the privsep daemon did not start (%s: %s); %s'
+            % (type(exc).__name__, exc, PRIVSEP_HINT))
+        if os.getpid() != worker:
+            _privsep_child_failed(fatal, worker, reports)
+        raise fatal from exc
+
+
+def _privsep_child_failed(fatal, worker, reports):
+    """oslo.privsep's forked daemon failed to set itself up, and the
+    exception escaped its fork branch: this process is that daemon, not
+    the worker, which waits for its answer. Say it once, have the master
+    stop the service, and stay until the worker is gone (closing the
+    socket now would kill the worker's reader thread with a traceback)."""
+    report_fatal(fatal, log=False)
+    if reports is not None:
+        reports.fatal(fatal.code)
+    deadline = time.monotonic() + 60
+    while os.getppid() == worker and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os._exit(fatal.code)
 
 
 def sd_notify(address, message):
@@ -364,7 +406,7 @@ class AgentService(service.Service):
         self.reports.fatal(fatal.code)
 
     def _start(self):
-        start_privsep()
+        start_privsep(self.reports)
         self.ticker = build_ticker(self.conf)
         # After the publishers started: the share tmpfs is mounted now.
         remove_stale_temporaries(self.conf)

@@ -43,6 +43,16 @@ from scaph_openstack import conf as scaph_conf  # noqa: E402
 from scaph_openstack import statelog  # noqa: E402
 
 
+CHECK_PRIVSEP = service.check_privsep
+
+
+@pytest.fixture(autouse=True)
+def privsep_capabilities_elsewhere(monkeypatch):
+    """check_startup's privsep check depends on this machine's
+    capabilities: tested on its own, with fake ones."""
+    monkeypatch.setattr(service, 'check_privsep', lambda: None)
+
+
 def make_conf(tmp_path, sections=None, ledger_text=None):
     """A fresh ConfigOpts read from a file made of ``sections``."""
     state = tmp_path / 'state'
@@ -221,6 +231,24 @@ def test_a_publisher_that_cannot_start_is_fatal_with_a_hint():
         service.start_publishers([FakePublisher('share', OSError('no'))])
     assert '[share] work_dir and export_dir (now /w and /e)' in str(
         info.value)
+
+
+def test_privsep_without_its_capabilities_is_fatal_before_the_fork(
+        monkeypatch):
+    from oslo_privsep import capabilities as caps
+    monkeypatch.setattr(service.os, 'geteuid', lambda: 0)
+    everything = [caps.CAP_SYS_ADMIN, caps.CAP_DAC_OVERRIDE,
+                  caps.CAP_DAC_READ_SEARCH, caps.CAP_FOWNER, caps.CAP_CHOWN]
+    check = CHECK_PRIVSEP
+    check(lambda: (everything, everything, []))
+    bounded = [caps.CAP_DAC_OVERRIDE, caps.CAP_FOWNER]
+    with pytest.raises(service.FatalStartupError) as info:
+        check(lambda: (bounded, bounded, []))
+    assert str(info.value).startswith(
+        'cannot start: the privsep daemon cannot get CAP_CHOWN, '
+        'CAP_DAC_READ_SEARCH, CAP_SYS_ADMIN: it needs CAP_SYS_ADMIN')
+    monkeypatch.setattr(service.os, 'geteuid', lambda: 1000)
+    check(lambda: ([], [], []))   # not root: no fork
 
 
 def test_privsep_that_cannot_start_is_fatal(monkeypatch):

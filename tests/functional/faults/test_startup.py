@@ -37,8 +37,9 @@ class Run:
     """One agent process group: stdout (the log) to a file, stderr kept
     apart, NOTIFY_SOCKET on a datagram socket of our own."""
 
-    def __init__(self, tmp_path, sections, ledger_text=None):
+    def __init__(self, tmp_path, sections, ledger_text=None, prefix=()):
         self.dir = str(tmp_path)
+        self.prefix = list(prefix)
         state = os.path.join(self.dir, 'state')
         os.makedirs(state, exist_ok=True)
         proc = os.path.join(self.dir, 'proc')
@@ -79,7 +80,7 @@ class Run:
                 open(self.stderr_path, 'wb') as err:
             self.started = time.monotonic()
             self.proc = subprocess.Popen(
-                [executable, '--config-file', self.config],
+                self.prefix + [executable, '--config-file', self.config],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
                 start_new_session=True)
         return self
@@ -157,8 +158,8 @@ class Run:
 def run(tmp_path):
     runs = []
 
-    def make(sections=None, ledger_text=None):
-        r = Run(tmp_path, sections or {}, ledger_text)
+    def make(sections=None, ledger_text=None, prefix=()):
+        r = Run(tmp_path, sections or {}, ledger_text, prefix)
         runs.append(r)
         return r
     yield make
@@ -199,7 +200,14 @@ def _fatal_cases():
                                      '[prometheus]'], 'worker'),
         'share-mount': (None, None, ['publisher share', '[share] work_dir'],
                         'worker'),
+        'privsep-caps': ({}, None, ['privsep', 'CAP_SYS_ADMIN',
+                                    'bounding set'], 'master'),
     }
+
+
+# What systemd's CapabilityBoundingSet= does, without CAP_SYS_ADMIN.
+NO_SYS_ADMIN = ['setpriv', '--bounding-set',
+                '-all,+dac_override,+dac_read_search,+fowner,+chown']
 
 
 FATAL = _fatal_cases()
@@ -221,7 +229,11 @@ def test_fatal_startup_error_stops_the_whole_service_in_one_line(
                     'share': {'manage_mounts': True,
                               'work_dir': str(blocker / 'work'),
                               'export_dir': str(blocker / 'export')}}
-    r = run(sections, ledger_text).start()
+    prefix = ()
+    if case == 'privsep-caps':
+        helpers.require(os.geteuid() == 0, 'needs root: privsep')
+        prefix = NO_SYS_ADMIN
+    r = run(sections, ledger_text, prefix).start()
     status, elapsed = r.wait_exit(EXIT_WITHIN_S + 5)
     gone = r.wait_group_gone() if status is not None else False
     ready = r.messages(0.2)
