@@ -349,6 +349,15 @@ def remove_stale_temporaries(conf):
                          'in %s', removed, directory)
 
 
+def stale_after_s(conf):
+    """When readers must call the snapshot stale: a few write periods,
+    never less than the absolute floor (one slow tick must not cost a
+    whole Ceilometer cycle)."""
+    period = max(conf.agent.interval, conf.snapshot.min_interval)
+    return max(period * conf.snapshot.stale_after,
+               conf.snapshot.stale_after_min)
+
+
 def build_ticker(conf):
     """The Ticker with every plugin loaded; raises on unusable config."""
     publishers = plugins.publishers(conf)
@@ -364,7 +373,7 @@ def build_ticker(conf):
         ledger_path=ledger_path(conf),
         host=conf.agent.host or socket.gethostname(),
         configured_interval_s=conf.agent.interval,
-        stale_after_s=conf.agent.interval * conf.snapshot.stale_after,
+        stale_after_s=stale_after_s(conf),
         retention_s=conf.agent.retention,
         proc_stat_path=conf.agent.proc_stat_path,
         topology=topology.read_topology(conf.agent.cpu_topology_path),
