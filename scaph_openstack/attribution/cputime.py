@@ -128,12 +128,8 @@ class CpuTimeAttribution(base.Attribution):
             raise ValueError('idle_policy must be one of %s, not %r'
                              % (', '.join(IDLE_POLICIES), idle_policy))
         self.idle_policy = idle_policy
-        self.idle_power = {zone: float(watts) for zone, watts
+        self.idle_power = {zone: _watts(zone, watts) for zone, watts
                            in (idle_power or {}).items()}
-        for zone, watts in self.idle_power.items():
-            if not math.isfinite(watts) or watts < 0:
-                raise ValueError('idle_power of %s must be a finite number '
-                                 'of watts >= 0, not %r' % (zone, watts))
         self.learning_window = idle_learning_window
         self.models = {}   # zone name -> idle.IdleModel
 
@@ -211,6 +207,18 @@ class CpuTimeAttribution(base.Attribution):
             idle_instances=idle_shares,
             idle_estimate=estimate,
             scope=scope.placement)
+
+
+def _watts(zone, value):
+    """A configured idle power; ValueError naming the option otherwise."""
+    try:
+        watts = float(value)
+    except (TypeError, ValueError):
+        watts = None
+    if watts is None or not math.isfinite(watts) or watts < 0:
+        raise ValueError('[attribution] idle_power of %s must be a finite '
+                         'number of watts >= 0, not %r' % (zone, value))
+    return watts
 
 
 def from_conf(conf):

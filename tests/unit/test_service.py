@@ -138,7 +138,8 @@ def test_a_plugin_rejecting_its_options_names_the_group(tmp_path):
         service.check_startup(conf)
     line = fatal_line(info.value)
     assert '[agent] attribution = cputime' in line
-    assert "could not convert string to float: 'abc'" in line
+    assert "[attribution] idle_power of package-0" in line
+    assert "not 'abc'" in line
     assert 'fix [attribution] in %s' % path in line
 
 
