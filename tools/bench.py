@@ -74,10 +74,6 @@ def parse_args(argv):
     p.add_argument('--record-fixture', action='store_true',
                    help='also save the replies recorded from a real guest '
                    'as the fixture file')
-    p.add_argument('--gc-freeze', action='store_true',
-                   help='what-if: gc.collect() and gc.freeze() in the '
-                   'agent worker after the warm-up ticks (the agent does '
-                   'not do it; rows are labelled "gc frozen")')
     p.add_argument('--quick', action='store_true',
                    help='smoke test: no real guests, no mount, one warm-up '
                    'tick, short amortised runs')
@@ -178,7 +174,6 @@ class Bench:
             'n': n, 'mode': mode, 'interval': self.args.interval,
             'min_interval': min_interval, 'warmup': self.args.warmup,
             'ticks': ticks, 'floor_ticks': self.args.ticks,
-            'gc_freeze': self.args.gc_freeze,
             'recording': self.recording_path,
             'powercap': os.path.join(base, 'powercap'),
             'snapshot': os.path.join(base, 'run', 'snapshot.json'),
@@ -208,8 +203,6 @@ class Bench:
                           self.scratch.state_dir)
 
     def add_agent(self, result, label, amortised):
-        if self.args.gc_freeze:
-            label = label.replace(')', ', gc frozen)')
         self.agent_rows.append(report.AgentRow(result, label, amortised))
 
     # -- the run --------------------------------------------------------

@@ -361,13 +361,7 @@ def run(params):
     period = max(1, math.ceil(params['min_interval'] / params['interval']
                               - 1e-9))
     records, since_report = [], 0
-    for index in range(params['warmup'] + params['ticks']):
-        if index == params['warmup'] and params.get('gc_freeze'):
-            # What-if (--gc-freeze): the long-lived objects (modules,
-            # configuration, plugins, the ledger, identities) out of the
-            # collector's way, as a service could do once started.
-            gc.collect()
-            gc.freeze()
+    for _ in range(params['warmup'] + params['ticks']):
         stages.reset()
         gc0, collections0 = collector.snapshot()
         daemon0 = fixtures.cpu_ns_of(libvirtd) if libvirtd else 0
