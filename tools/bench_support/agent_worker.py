@@ -21,6 +21,7 @@ The agent is built the way scaph-openstack-agent builds it
 Then the floor loop runs in the same process, and the peak RSS is read.
 """
 
+import collections
 import gc
 import math
 import os
@@ -443,6 +444,8 @@ def run(params):
         'snapshot_bytes': snapshot_size,
         'ledger_bytes': ledger_size,
         'share_dirs': len(share_dirs),
+        'states': dict(collections.Counter(
+            r.state for r in ticker.ledger.instances.values())),
         'gc_tracked': len(gc.get_objects()),
         'gc_frozen': gc.get_freeze_count(),
         'standin_calls': stand_in.calls if stand_in is not None else None,
