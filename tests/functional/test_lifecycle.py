@@ -16,10 +16,11 @@ charged again and reads a larger value from its share. Then the shut-off
 one is undefined: it stays listed (``undefined``) for the retention, then
 leaves the snapshot and its share directory is removed.
 
-A paused QEMU's emulator threads still use a little CPU time (about 0.3 J
-of attributed energy over 9 s here): the paused instance is charged for
-it like for any CPU time, and its share, written once when it stopped
-running, may lag that much until it runs again.
+A paused QEMU's emulator threads still use some CPU time: the paused
+instance is charged for it like for any CPU time (with the fixture's
+constant power and a nearly idle host, that was 0.3 to 80 J over 9 s
+here), and its share, written once when it stopped running, lags by that
+much until it runs again.
 """
 
 import os
