@@ -8,7 +8,7 @@ What is asked, and what may block:
   cgroup's CPU time (vCPUs, emulator and iothreads together; without a
   cgroup libvirt reads /proc/PID/stat), which is why we ask libvirt rather
   than reading cgroup files ourselves. STATE needs no QEMU monitor job.
-  CPU_TOTAL does since libvirt 8.x (libvirt 9.0 asks QEMU's
+  CPU_TOTAL does in libvirt 9.0 (qemu_driver.c: it asks QEMU's
   ``query-stats`` for halt-polling times under a query job): NOWAIT makes
   libvirt skip that part, instead of waiting up to 30 s, for a domain
   whose job another call holds, for instance a call of ours stuck in the
