@@ -63,10 +63,28 @@ def test_nothing_before_the_first_tick():
     assert list(collector.collect()) == []
 
 
+def scraped_totals(text):
+    """{instance_uuid: J} of scaph_instance_energy_joules in a scrape."""
+    return {s.labels['instance_uuid']: s.value
+            for family in parser.text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == 'scaph_instance_energy_joules_total'}
+
+
+def disk_totals(path):
+    from scaph_openstack import ledger as ledger_mod
+    return {uuid: record.total_uj / 1e6 for uuid, record
+            in ledger_mod.Ledger.load(path).instances.items()}
+
+
 def test_scrapes_under_churn_see_only_whole_published_reports(tmp_path):
-    """The HTTP thread renders the frozen report while ticks add, remove
-    and update instances: no scrape fails, and every scrape shows values
-    that were on disk when they were published."""
+    """The HTTP thread renders while ticks add and expire 100 instances
+    each (GIL switches forced every 10 µs, so that a scrape overlaps the
+    tick's changes): no scrape fails, and no scrape shows a value the
+    ledger on disk does not hold. The collector of the first release
+    rendered the live ledger: "dictionary changed size during iteration"
+    in most scrapes here, and values not yet saved."""
+    import sys
     import threading
 
     from tests.unit import test_tick
@@ -76,7 +94,8 @@ def test_scrapes_under_churn_see_only_whole_published_reports(tmp_path):
     publisher = prometheus.PrometheusPublisher('127.0.0.1', port)
     publisher.start()
     host.ticker.publishers = [publisher]
-    errors, scrapes, stop = [], [], threading.Event()
+    errors, ahead, scrapes = [], [], []
+    stop = threading.Event()
 
     def scrape():
         while not stop.is_set():
@@ -84,28 +103,39 @@ def test_scrapes_under_churn_see_only_whole_published_reports(tmp_path):
                 with urllib.request.urlopen(
                         'http://127.0.0.1:%d/metrics' % port,
                         timeout=5) as resp:
-                    text = resp.read().decode()
-                scrapes.append(text)
-            except Exception as exc:   # what the old collector raised
+                    shown = scraped_totals(resp.read().decode())
+                on_disk = disk_totals(host.ledger_path)
+            except Exception as exc:
                 errors.append(exc)
+                continue
+            scrapes.append(len(shown))
+            ahead.extend((uuid, joules, on_disk[uuid])
+                         for uuid, joules in shown.items()
+                         if uuid in on_disk and joules > on_disk[uuid])
 
     thread = threading.Thread(target=scrape)
+    switch = sys.getswitchinterval()
     try:
-        for n in range(40):
+        for n in range(400):
             host.inventory.set('i%d' % n, 0)
         host.advance(0, 0)
+        sys.setswitchinterval(1e-5)
         thread.start()
-        for step in range(300):
-            uuid = 'i%d' % (step % 40)
-            if step % 3 == 0 and uuid in host.inventory.cpu:
-                host.inventory.remove(uuid)
-            else:
-                host.inventory.set(uuid, host.inventory.cpu.get(uuid, 0)
+        for step in range(60):
+            # Retention (60 s) is shorter than a tick (70 s): the
+            # ledger's dict changes size in every tick.
+            for n in range(100):
+                host.inventory.remove('i%d' % (step * 100 + n))
+                host.inventory.set('i%d' % (400 + step * 100 + n), 0)
+            for uuid in list(host.inventory.cpu):
+                host.inventory.set(uuid, host.inventory.cpu[uuid]
                                    + test_tick.TICK_NS)
-            host.advance(70, 1000 + step, busy_ns=test_tick.TICK_NS)
+            host.advance(70, 10 ** 6 + step, busy_ns=test_tick.TICK_NS)
     finally:
+        sys.setswitchinterval(switch)
         stop.set()
         thread.join()
         publisher.stop()
     assert not errors, errors[:3]
-    assert scrapes
+    assert not ahead, ahead[:3]
+    assert len(scrapes) >= 5 and max(scrapes) >= 400
