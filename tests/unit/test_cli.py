@@ -1,10 +1,23 @@
 import io
 import json
+import os
 import time
+import types
+import xml.etree.ElementTree as ET
+
+import libvirt
+import pytest
+from oslo_config import cfg
 
 from scaph_openstack import cli
+from scaph_openstack import privsep
 from scaph_openstack import snapshot
+from scaph_openstack.privsep import mounts
+from scaph_openstack.share import domain_xml
+from tests.unit import test_domain_xml
 from tests.unit import test_snapshot
+
+UUID = '11111111-2222-3333-4444-555555555555'
 
 
 def run(argv):
@@ -36,3 +49,166 @@ def test_status_missing_and_stale(tmp_path, capsys):
     code, _ = run(['status', '--snapshot', path])
     assert code == 3
     assert 'not updating' in capsys.readouterr().err
+
+
+# -- attach / detach, on a stand-in libvirt domain --------------------------
+
+HUGEPAGES = test_domain_xml.with_memory('<hugepages/>')
+
+
+class Domain:
+    def __init__(self, xml, persistent=True):
+        self.xml, self.persistent = xml, persistent
+
+    def isPersistent(self):
+        return self.persistent
+
+    def XMLDesc(self, flags=0):
+        assert flags == libvirt.VIR_DOMAIN_XML_INACTIVE
+        return self.xml
+
+
+class Connection:
+    def __init__(self):
+        self.defined, self.closed = [], False
+
+    def defineXML(self, xml):
+        self.defined.append(xml)
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.fixture
+def host(monkeypatch, tmp_path):
+    """attach/detach against a stand-in domain, the share directories it
+    asks for recorded, a fresh ConfigOpts, oslo.config's search for
+    default files starting in an empty HOME. Tests not about the default
+    file run ``host.run``: ``--config-file`` an empty file, since this
+    machine may have an /etc/scaph-openstack/scaph-openstack.conf."""
+    home = tmp_path / 'home'
+    home.mkdir()
+    monkeypatch.setenv('HOME', str(home))
+    for name in ('SNAP', 'SNAP_COMMON'):
+        monkeypatch.delenv(name, raising=False)
+    empty = tmp_path / 'empty.conf'
+    empty.write_text('')
+    state = types.SimpleNamespace(
+        home=home, connection=Connection(),
+        domain=Domain(test_domain_xml.DOMAIN), shares=[],
+        run=lambda argv: run(argv + ['--config-file', str(empty)]))
+    load_conf = cli._load_conf
+    monkeypatch.setattr(cli, '_load_conf',
+                        lambda args: load_conf(args, cfg.ConfigOpts()))
+    monkeypatch.setattr(privsep, 'start_if_root', lambda: None)
+    monkeypatch.setattr(cli, '_domain',
+                        lambda args, conf: (state.connection, state.domain))
+    monkeypatch.setattr(mounts, 'create_instance_share',
+                        lambda *args, **kw: state.shares.append(args))
+    return state
+
+
+def test_attach_hugepages_domain_defines_shared_memory(host):
+    host.domain = Domain(HUGEPAGES)
+    code, out = host.run(['attach', 'seed'])
+    assert code == 0, out
+    (xml,) = host.connection.defined
+    root = ET.fromstring(xml)
+    assert root.find('memoryBacking/access').get('mode') == 'shared'
+    assert root.find('memoryBacking/hugepages') is not None
+    assert root.find('memoryBacking/source') is None
+    assert root.find('devices/filesystem/source').get('dir') == \
+        '/var/lib/libvirt/scaphandre/' + UUID
+    assert len(host.shares) == 1 and host.connection.closed
+    assert 'takes effect at the next start' in out
+
+
+def test_attach_refuses_a_transient_domain(host, capsys):
+    host.domain = Domain(test_domain_xml.DOMAIN, persistent=False)
+    code, out = host.run(['attach', 'seed'])
+    assert code == 2 and out == ''
+    err = capsys.readouterr().err
+    assert 'seed is a transient domain' in err and 'virsh define' in err
+    # nothing done: no share directory, no definition
+    assert host.shares == [] and host.connection.defined == []
+    assert host.connection.closed
+
+
+def test_detach_refuses_a_transient_domain(host, capsys):
+    xml, _ = domain_xml.attach(test_domain_xml.DOMAIN, '/e/u', 'scaphandre')
+    host.domain = Domain(xml, persistent=False)
+    code, _ = host.run(['detach', 'seed'])
+    assert code == 2 and 'transient' in capsys.readouterr().err
+    assert host.connection.defined == []
+
+
+def test_attach_refusal_by_the_xml_leaves_no_share(host, capsys):
+    host.domain = Domain('<domain><name>seed</name></domain>')
+    code, _ = host.run(['attach', 'seed'])
+    assert code == 2 and '<uuid>' in capsys.readouterr().err
+    assert host.shares == [] and host.connection.defined == []
+
+
+def test_attach_libvirt_refusal_is_reported(host, capsys):
+    def refuse(xml):
+        raise libvirt.libvirtError("'virtiofs' requires shared memory")
+    host.connection.defineXML = refuse
+    code, _ = host.run(['attach', 'seed'])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert 'libvirt refused the new definition of seed' in err
+    assert 'requires shared memory' in err
+
+
+SETTINGS = """[share]
+work_dir = {work}
+export_dir = /srv/export
+tag = energy
+"""
+
+
+def test_attach_reads_the_default_config_file(host, tmp_path):
+    # What the agent reads without --config-file; first in oslo.config's
+    # search: ~/.scaph-openstack/scaph-openstack.conf.
+    config = host.home / '.scaph-openstack' / 'scaph-openstack.conf'
+    config.parent.mkdir()
+    config.write_text(SETTINGS.format(work=tmp_path / 'work'))
+    code, out = run(['attach', 'seed'])
+    assert code == 0
+    assert host.shares == [(str(tmp_path / 'work'), UUID)]
+    root = ET.fromstring(host.connection.defined[0])
+    assert root.find('devices/filesystem/target').get('dir') == 'energy'
+    assert root.find('devices/filesystem/source').get('dir') == \
+        '/srv/export/' + UUID
+    assert 'configuration: %s' % config in out and "tag 'energy'" in out
+
+
+def test_config_file_option_replaces_the_default(host, tmp_path):
+    default = host.home / '.scaph-openstack' / 'scaph-openstack.conf'
+    default.parent.mkdir()
+    default.write_text(SETTINGS.format(work='/default'))
+    given = tmp_path / 'given.conf'
+    given.write_text(SETTINGS.format(work='/given'))
+    code, _ = run(['attach', 'seed', '--config-file', str(given)])
+    assert code == 0 and host.shares == [('/given', UUID)]
+
+
+def test_default_config_files_are_the_agents(monkeypatch, tmp_path):
+    # /etc/scaph-openstack/scaph-openstack.conf when HOME has none: made
+    # to "exist" for oslo.config's search, reading it then fails (or
+    # succeeds, on a machine that has one).
+    monkeypatch.setenv('HOME', str(tmp_path))
+    etc = '/etc/scaph-openstack/scaph-openstack.conf'
+    real_exists = os.path.exists
+    monkeypatch.setattr(os.path, 'exists',
+                        lambda p: p == etc or real_exists(p))
+    monkeypatch.setattr(privsep, 'start_if_root', lambda: None)
+    args = cli.build_parser().parse_args(['attach', 'seed'])
+    config = cfg.ConfigOpts()
+    try:
+        cli._load_conf(args, config)
+    except cfg.ConfigFilesNotFoundError as exc:
+        read = exc.config_files
+    else:
+        read = config.config_file
+    assert read == [etc]
