@@ -2,7 +2,6 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from scaph_openstack import proxmox
 from scaph_openstack.share import domain_xml
 
 DOMAIN = """<domain type='qemu'><name>seed</name>
@@ -137,16 +136,3 @@ def test_garbage_xml():
         domain_xml.attach('<domain', '/x', 't')
     with pytest.raises(domain_xml.DomainXmlError):
         domain_xml.domain_uuid('<domain/>')
-
-
-def test_proxmox_args_and_mount():
-    line = proxmox.args_line('105', '/var/lib/libvirt/scaphandre/')
-    assert line.startswith('args: -fsdev local,')
-    assert 'readonly=on' in line
-    assert 'path=/var/lib/libvirt/scaphandre/proxmox-105 ' in line
-    assert 'mount_tag=scaphandre' in line
-    assert proxmox.guest_mount_command().endswith(
-        'mount -t 9p -o ro,trans=virtio,version=9p2000.L scaphandre '
-        '/var/scaphandre')
-    with pytest.raises(ValueError):
-        proxmox.args_line('../x', '/e')
