@@ -12,9 +12,11 @@ that instance's counters or get a share directory of its choosing. A
 process counts only when:
 
 - its real, effective, saved and filesystem uids (``Uid:`` of
-  /proc/PID/status) are all in ``[qemu] allowed_users``. Not the owner of
-  the /proc/PID directory: that is root for any process that made itself
-  non-dumpable (``prctl(PR_SET_DUMPABLE, 0)``, which needs no privilege);
+  /proc/PID/status) are all in ``[qemu] allowed_users``. Not the owners
+  in /proc/PID: the directory's is the effective uid alone (a setuid
+  program's caller keeps its real uid), and the files inside are root's
+  for any process that made itself non-dumpable
+  (``prctl(PR_SET_DUMPABLE, 0)``, which needs no privilege);
 - /proc/PID/exe, the binary the kernel actually runs (not argv[0], which
   the caller chooses), is one of ``[qemu] binaries``. A binary replaced by
   a package upgrade while QEMU runs reads ``<path> (deleted)``: the path

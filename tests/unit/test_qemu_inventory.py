@@ -86,9 +86,11 @@ def test_vanishing_and_garbage_processes_are_skipped(tmp_path):
 def test_another_users_process_cannot_claim_a_vm(tmp_path):
     """A local user runs the real QEMU binary (anyone may) with a victim's
     -uuid, or any program under exec -a: not counted, and the victim's
-    counters stay its own. The uids come from /proc/PID/status, not from
-    the owner of /proc/PID (root for any non-dumpable process; the
-    fixture's directories are the test user's, root in CI)."""
+    counters stay its own. All four uids of /proc/PID/status count: the
+    owner of the /proc/PID directory is the effective uid alone (0 for
+    the (1000, 0, 0, 0) process) and the files' is root for a
+    non-dumpable process (the fixture's are the test user's, root in
+    CI)."""
     add_process(tmp_path, 100, ['/usr/bin/qemu-system-x86_64', '-name',
                                 'guest=victim', '-uuid', VICTIM], utime=10)
     add_process(tmp_path, 200, ['/usr/bin/qemu-system-x86_64', '-name',
