@@ -103,8 +103,9 @@ def host(monkeypatch, tmp_path):
     monkeypatch.setattr(privsep, 'start_if_root', lambda: None)
     monkeypatch.setattr(cli, '_domain',
                         lambda args, conf: (state.connection, state.domain))
+    # the uuid; the privsep daemon takes work_dir from its own [share]
     monkeypatch.setattr(mounts, 'create_instance_share',
-                        lambda *args, **kw: state.shares.append(args))
+                        lambda *args, **kw: state.shares.append(args[-1]))
     return state
 
 
@@ -119,7 +120,7 @@ def test_attach_hugepages_domain_defines_shared_memory(host):
     assert root.find('memoryBacking/source') is None
     assert root.find('devices/filesystem/source').get('dir') == \
         '/var/lib/libvirt/scaphandre/' + UUID
-    assert len(host.shares) == 1 and host.connection.closed
+    assert host.shares == [UUID] and host.connection.closed
     assert 'takes effect at the next start' in out
 
 
@@ -161,8 +162,7 @@ def test_attach_libvirt_refusal_is_reported(host, capsys):
 
 
 SETTINGS = """[share]
-work_dir = {work}
-export_dir = /srv/export
+export_dir = {export}
 tag = energy
 """
 
@@ -172,10 +172,9 @@ def test_attach_reads_the_default_config_file(host, tmp_path):
     # search: ~/.scaph-openstack/scaph-openstack.conf.
     config = host.home / '.scaph-openstack' / 'scaph-openstack.conf'
     config.parent.mkdir()
-    config.write_text(SETTINGS.format(work=tmp_path / 'work'))
+    config.write_text(SETTINGS.format(export='/srv/export'))
     code, out = run(['attach', 'seed'])
-    assert code == 0
-    assert host.shares == [(str(tmp_path / 'work'), UUID)]
+    assert code == 0 and host.shares == [UUID]
     root = ET.fromstring(host.connection.defined[0])
     assert root.find('devices/filesystem/target').get('dir') == 'energy'
     assert root.find('devices/filesystem/source').get('dir') == \
@@ -186,11 +185,14 @@ def test_attach_reads_the_default_config_file(host, tmp_path):
 def test_config_file_option_replaces_the_default(host, tmp_path):
     default = host.home / '.scaph-openstack' / 'scaph-openstack.conf'
     default.parent.mkdir()
-    default.write_text(SETTINGS.format(work='/default'))
+    default.write_text(SETTINGS.format(export='/default'))
     given = tmp_path / 'given.conf'
-    given.write_text(SETTINGS.format(work='/given'))
+    given.write_text(SETTINGS.format(export='/given'))
     code, _ = run(['attach', 'seed', '--config-file', str(given)])
-    assert code == 0 and host.shares == [('/given', UUID)]
+    assert code == 0 and host.shares == [UUID]
+    root = ET.fromstring(host.connection.defined[0])
+    assert root.find('devices/filesystem/source').get('dir') == \
+        '/given/' + UUID
 
 
 def test_default_config_files_are_the_agents(monkeypatch, tmp_path):
