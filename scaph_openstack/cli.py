@@ -3,6 +3,7 @@ for hosts without Nova)."""
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -69,25 +70,29 @@ def cmd_status(args, out=sys.stdout):
 
 
 PROJECT = 'scaph-openstack'
-AGENT_PROG = 'scaph-openstack-agent'
+# What the shipped systemd unit gives the agent (etc/systemd/).
+DEFAULT_CONFIG_FILE = '/etc/scaph-openstack/scaph-openstack.conf'
+DEFAULT_CONFIG_DIR = DEFAULT_CONFIG_FILE + '.d'
 
 
 def _load_conf(args, config=None):
-    """The agent's configuration: ``--config-file``, or else the files the
-    agent itself reads without one (oslo.config's search for project
-    scaph-openstack: ``scaph-openstack.conf`` in ~/.scaph-openstack/, ~/,
-    /etc/scaph-openstack/, /etc/, the first found, and the matching
-    ``.conf.d`` directory). A share made with other ``work_dir``,
-    ``export_dir`` or ``tag`` than the agent's is one it never writes."""
-    from oslo_config import cfg
-
+    """The agent's configuration: ``--config-file``, or else the file the
+    agent's systemd unit reads, DEFAULT_CONFIG_FILE (and the
+    DEFAULT_CONFIG_DIR beside it), when it exists. A share made with other
+    ``work_dir``, ``export_dir`` or ``tag`` than the agent's is one it
+    never writes. Not oslo.config's search, which starts in HOME: this
+    runs as root, and under sudo HOME can be the invoking user's, whose
+    file would choose ``virtiofsd_path``, a binary libvirt runs as root."""
     from scaph_openstack import conf
     config = conf.CONF if config is None else config
     argv = ['--config-file', args.config_file] if args.config_file else []
     conf.register_opts(config)
     config(argv, project=PROJECT, prog=PROJECT,
-           default_config_files=cfg.find_config_files(PROJECT, AGENT_PROG),
-           default_config_dirs=cfg.find_config_dirs(PROJECT, AGENT_PROG))
+           default_config_files=[
+               path for path in (DEFAULT_CONFIG_FILE,)
+               if os.path.isfile(path)],
+           default_config_dirs=[
+               path for path in (DEFAULT_CONFIG_DIR,) if os.path.isdir(path)])
     from scaph_openstack import privsep
     privsep.start_if_root()
     return config

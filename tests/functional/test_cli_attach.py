@@ -1,13 +1,13 @@
 """`scaph-openstack attach` against the real libvirtd.
 
 The command runs as an operator runs it (a subprocess, as root, privsep
-forked), without ``--config-file``: the agent's configuration file is
-found where oslo.config looks first (``~/.scaph-openstack/``, HOME being
-the test's), with a tag and share directories of its own. What it
-writes must define and boot: a guest with NUMA cells (one inheriting the
-memory access, one private) and a guest on huge pages mount the share
-and read a value written on the host. A transient domain is refused and
-left as it was, without a share directory.
+forked), with a configuration file of its own tag and share mounts (the
+default file, /etc/scaph-openstack/scaph-openstack.conf, is the unit
+tests' business: this machine's /etc is left alone). What it writes must
+define and boot: a guest with NUMA cells (one inheriting the memory
+access, one private) and a guest on huge pages mount the share and read
+a value written on the host. A transient domain is refused and left as
+it was, without a share directory.
 """
 
 import contextlib
@@ -37,30 +37,25 @@ def host(tmp_path):
     helpers.require(libvirtd.can_run_guests(),
                     'cannot run guests: %s' % libvirtd.unavailable_reason())
     libvirtd.ensure_libvirtd()
-    home = tmp_path / 'home'
     work, export = str(tmp_path / 'work'), str(tmp_path / 'export')
-    config = home / '.scaph-openstack' / 'scaph-openstack.conf'
-    config.parent.mkdir(parents=True)
+    config = tmp_path / 'scaph-openstack.conf'
     config.write_text('[share]\nwork_dir = %s\nexport_dir = %s\ntag = %s\n'
                       % (work, export, TAG))
     # the share tmpfs and its read-only view, as the agent mounts them
     mounts.ensure_share_mounts_unprivileged(work, export, '4m')
     try:
-        yield types.SimpleNamespace(home=str(home), work=work,
-                                    export=export, config=str(config))
+        yield types.SimpleNamespace(work=work, export=export,
+                                    config=str(config))
     finally:
         for path in (export, work):
             subprocess.run(['umount', path], capture_output=True)
 
 
 def cli(host, *argv):
-    env = dict(os.environ, HOME=host.home)
-    for name in ('SNAP', 'SNAP_COMMON'):
-        env.pop(name, None)
     return subprocess.run(
-        [sys.executable, '-m', 'scaph_openstack.cli', *argv, '--uri',
-         libvirtd.DEFAULT_URI], env=env, capture_output=True, text=True,
-        timeout=60)
+        [sys.executable, '-m', 'scaph_openstack.cli', *argv,
+         '--config-file', host.config, '--uri', libvirtd.DEFAULT_URI],
+        capture_output=True, text=True, timeout=60)
 
 
 def attach_and_write(host):

@@ -18,6 +18,8 @@ from tests.unit import test_domain_xml
 from tests.unit import test_snapshot
 
 UUID = '11111111-2222-3333-4444-555555555555'
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 
 
 def run(argv):
@@ -82,15 +84,13 @@ class Connection:
 @pytest.fixture
 def host(monkeypatch, tmp_path):
     """attach/detach against a stand-in domain, the share directories it
-    asks for recorded, a fresh ConfigOpts, oslo.config's search for
-    default files starting in an empty HOME. Tests not about the default
-    file run ``host.run``: ``--config-file`` an empty file, since this
-    machine may have an /etc/scaph-openstack/scaph-openstack.conf."""
+    asks for recorded, a fresh ConfigOpts, HOME empty, no default config
+    file or directory (``host.run`` also gives an empty --config-file)."""
     home = tmp_path / 'home'
     home.mkdir()
     monkeypatch.setenv('HOME', str(home))
-    for name in ('SNAP', 'SNAP_COMMON'):
-        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(cli, 'DEFAULT_CONFIG_FILE', str(tmp_path / 'no.conf'))
+    monkeypatch.setattr(cli, 'DEFAULT_CONFIG_DIR', str(tmp_path / 'no.d'))
     empty = tmp_path / 'empty.conf'
     empty.write_text('')
     state = types.SimpleNamespace(
@@ -167,12 +167,12 @@ tag = energy
 """
 
 
-def test_attach_reads_the_default_config_file(host, tmp_path):
-    # What the agent reads without --config-file; first in oslo.config's
-    # search: ~/.scaph-openstack/scaph-openstack.conf.
-    config = host.home / '.scaph-openstack' / 'scaph-openstack.conf'
+def test_attach_reads_the_default_config_file(host, monkeypatch, tmp_path):
+    # what the agent's unit reads, without --config-file
+    config = tmp_path / 'etc' / 'scaph-openstack.conf'
     config.parent.mkdir()
     config.write_text(SETTINGS.format(export='/srv/export'))
+    monkeypatch.setattr(cli, 'DEFAULT_CONFIG_FILE', str(config))
     code, out = run(['attach', 'seed'])
     assert code == 0 and host.shares == [UUID]
     root = ET.fromstring(host.connection.defined[0])
@@ -182,10 +182,11 @@ def test_attach_reads_the_default_config_file(host, tmp_path):
     assert 'configuration: %s' % config in out and "tag 'energy'" in out
 
 
-def test_config_file_option_replaces_the_default(host, tmp_path):
-    default = host.home / '.scaph-openstack' / 'scaph-openstack.conf'
-    default.parent.mkdir()
+def test_config_file_option_replaces_the_default(host, monkeypatch,
+                                                 tmp_path):
+    default = tmp_path / 'default.conf'
     default.write_text(SETTINGS.format(export='/default'))
+    monkeypatch.setattr(cli, 'DEFAULT_CONFIG_FILE', str(default))
     given = tmp_path / 'given.conf'
     given.write_text(SETTINGS.format(export='/given'))
     code, _ = run(['attach', 'seed', '--config-file', str(given)])
@@ -195,22 +196,27 @@ def test_config_file_option_replaces_the_default(host, tmp_path):
         '/given/' + UUID
 
 
-def test_default_config_files_are_the_agents(monkeypatch, tmp_path):
-    # /etc/scaph-openstack/scaph-openstack.conf when HOME has none: made
-    # to "exist" for oslo.config's search, reading it then fails (or
-    # succeeds, on a machine that has one).
-    monkeypatch.setenv('HOME', str(tmp_path))
-    etc = '/etc/scaph-openstack/scaph-openstack.conf'
-    real_exists = os.path.exists
-    monkeypatch.setattr(os.path, 'exists',
-                        lambda p: p == etc or real_exists(p))
-    monkeypatch.setattr(privsep, 'start_if_root', lambda: None)
-    args = cli.build_parser().parse_args(['attach', 'seed'])
-    config = cfg.ConfigOpts()
-    try:
-        cli._load_conf(args, config)
-    except cfg.ConfigFilesNotFoundError as exc:
-        read = exc.config_files
-    else:
-        read = config.config_file
-    assert read == [etc]
+def test_no_config_file_from_home(host, monkeypatch, tmp_path):
+    # oslo.config's own search starts in HOME; under sudo that can be the
+    # invoking user's, whose file would pick virtiofsd_path (run as root)
+    monkeypatch.setattr(cli, 'DEFAULT_CONFIG_FILE',
+                        str(tmp_path / 'absent.conf'))
+    for path in (host.home / '.scaph-openstack' / 'scaph-openstack.conf',
+                 host.home / 'scaph-openstack.conf'):
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(SETTINGS.format(export='/home') +
+                        'virtiofsd_path = /home/user/virtiofsd\n')
+    code, out = run(['attach', 'seed'])
+    assert code == 0 and 'built-in defaults' in out
+    fs = ET.fromstring(host.connection.defined[0]).find('devices/filesystem')
+    assert fs.find('binary') is None
+    assert fs.find('target').get('dir') == 'scaphandre'
+
+
+def test_default_config_file_is_the_agent_units():
+    with open(os.path.join(ROOT, 'etc', 'systemd',
+                           'scaph-openstack-agent.service')) as f:
+        (start,) = [line for line in f if line.startswith('ExecStart=')]
+    assert start.split()[1:] == ['--config-file', cli.DEFAULT_CONFIG_FILE]
+    assert cli.DEFAULT_CONFIG_FILE == \
+        '/etc/scaph-openstack/scaph-openstack.conf'
