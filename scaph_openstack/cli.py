@@ -154,7 +154,7 @@ def cmd_attach(args, out=sys.stdout):
                             layout.instance_dir_name(uuid))
         new_xml, changed = domain_xml.attach(xml, source, conf.share.tag,
                                              conf.share.virtiofsd_path)
-        mounts.create_instance_share(conf.share.work_dir, uuid)
+        mounts.create_instance_share(uuid)   # the daemon's own [share]
         if changed:
             try:
                 connection.defineXML(new_xml)

@@ -238,13 +238,11 @@ class LibvirtDriver(libvirt_driver.LibvirtDriver):
         work_dir = CONF.scaphandre.work_dir
         try:
             if CONF.scaphandre.manage_mounts:
-                mounts.ensure_share_mounts(work_dir,
-                                           CONF.scaphandre.export_dir,
-                                           CONF.scaphandre.tmpfs_size)
+                mounts.ensure_share_mounts()  # reads [scaphandre] itself
             # with_dram=False: the agent adds the DRAM zone on its first
             # write where the host has one. Present files are kept, so
             # counters the agent already wrote are never lowered.
-            mounts.create_instance_share(work_dir, instance.uuid)
+            mounts.create_instance_share(instance.uuid)
         except Exception as exc:
             # Whatever failed (privsep daemon, mount, full tmpfs), the
             # domain can still start if the directory is there.

@@ -127,6 +127,8 @@ class ShareServersTestBase(base.ServersTestBase):
         self.flags(attach=self.ATTACH, work_dir=self.work_dir,
                    export_dir=self.export_dir, manage_mounts=False,
                    group='scaphandre')
+        # A plain directory stands for the tmpfs (tests only may say so).
+        self.flags(require_tmpfs=False, group='scaph_openstack_privsep')
 
     def _setup_compute_service(self):
         # ServersTestBase forces libvirt.LibvirtDriver here; this runs

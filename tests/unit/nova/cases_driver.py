@@ -51,6 +51,8 @@ def conf(tmp_path):
     fixture.config(group='scaphandre', work_dir=str(work),
                    export_dir=str(export), manage_mounts=False)
     fixture.config(group='libvirt', virt_type='kvm')
+    # tmp_path stands for the tmpfs (the privileged side's test switch).
+    fixture.config(group='scaph_openstack_privsep', require_tmpfs=False)
     yield fixture
     fixture.cleanUp()
 
@@ -329,8 +331,7 @@ def test_create_guest_mounts_when_managed(conf):
     with mock.patch.object(driver.mounts, 'ensure_share_mounts') as ensure:
         create_guest(libvirt_driver_instance(),
                      domain_xml(share_fs_xml(driver.export_path(UUID))))
-    ensure.assert_called_once_with(conf.conf.scaphandre.work_dir,
-                                   conf.conf.scaphandre.export_dir, '8m')
+    ensure.assert_called_once_with()   # the daemon reads [scaphandre]
 
 
 def test_create_guest_failure_without_share_dir(conf):
