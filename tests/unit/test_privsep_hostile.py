@@ -9,6 +9,7 @@ real daemon, with real mounts.
 import inspect
 import os
 import stat
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -417,7 +418,15 @@ def test_directory_swapped_for_a_symlink_in_a_loop(share, tmp_path, victim,
     finally:
         stop(attacker)
     assert tree_state(victim) == before
-    assert made and refused, (made, refused)   # the race was run
+    # The race was run: the attacker won some calls (refused); whether it
+    # also lost some depends on scheduling (on an idle 2-core host it
+    # wins them all), so the sound case is checked once it is gone.
+    assert refused, (made, refused)
+    shutil.rmtree(share / UUID, ignore_errors=True)
+    if os.path.islink(share / UUID):
+        os.unlink(share / UUID)
+    mounts.create_instance_share(UUID)
+    assert (share / UUID / 'intel-rapl:0' / 'energy_uj').is_file()
 
 
 # -- read_energy_uj -----------------------------------------------------------
