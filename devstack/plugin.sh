@@ -138,6 +138,8 @@ function scaph_configure_nova {
 
     iniset "$NOVA_CPU_CONF" DEFAULT compute_driver "$SCAPH_NOVA_DRIVER"
     iniset "$NOVA_CPU_CONF" scaphandre attach "$SCAPH_OPENSTACK_NOVA_ATTACH"
+    iniset "$NOVA_CPU_CONF" scaphandre honor_image_property \
+        "$SCAPH_OPENSTACK_NOVA_HONOR_IMAGE_PROPERTY"
     iniset "$NOVA_CPU_CONF" scaphandre tag "$SCAPH_OPENSTACK_TAG"
     iniset "$NOVA_CPU_CONF" scaphandre work_dir "$SCAPH_OPENSTACK_WORK_DIR"
     iniset "$NOVA_CPU_CONF" scaphandre export_dir "$SCAPH_OPENSTACK_EXPORT_DIR"
@@ -159,7 +161,7 @@ function scaph_unconfigure_nova {
             iniset "$NOVA_CPU_CONF" DEFAULT compute_driver \
                 "$SCAPH_NOVA_DEFAULT_DRIVER"
         fi
-        for option in attach tag work_dir export_dir; do
+        for option in attach honor_image_property tag work_dir export_dir; do
             inidelete "$NOVA_CPU_CONF" scaphandre "$option"
         done
     fi

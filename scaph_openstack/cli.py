@@ -3,6 +3,7 @@ for hosts without Nova)."""
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -68,14 +69,48 @@ def cmd_status(args, out=sys.stdout):
     return 0
 
 
-def _load_conf(args):
+PROJECT = 'scaph-openstack'
+# What the shipped systemd unit gives the agent (etc/systemd/).
+DEFAULT_CONFIG_FILE = '/etc/scaph-openstack/scaph-openstack.conf'
+DEFAULT_CONFIG_DIR = DEFAULT_CONFIG_FILE + '.d'
+
+
+def _load_conf(args, config=None):
+    """The agent's configuration: ``--config-file``, or else the file the
+    agent's systemd unit reads, DEFAULT_CONFIG_FILE (and the
+    DEFAULT_CONFIG_DIR beside it), when it exists. A share made with other
+    ``work_dir``, ``export_dir`` or ``tag`` than the agent's is one it
+    never writes. Not oslo.config's search, which starts in HOME: this
+    runs as root, and under sudo HOME can be the invoking user's, whose
+    file would choose ``virtiofsd_path``, a binary libvirt runs as root."""
     from scaph_openstack import conf
+    config = conf.CONF if config is None else config
     argv = ['--config-file', args.config_file] if args.config_file else []
-    conf.register_opts(conf.CONF)
-    conf.CONF(argv, project='scaph-openstack', default_config_files=[])
+    conf.register_opts(config)
+    config(argv, project=PROJECT, prog=PROJECT,
+           default_config_files=[
+               path for path in (DEFAULT_CONFIG_FILE,)
+               if os.path.isfile(path)],
+           default_config_dirs=[
+               path for path in (DEFAULT_CONFIG_DIR,) if os.path.isdir(path)])
     from scaph_openstack import privsep
     privsep.start_if_root()
-    return conf.CONF
+    return config
+
+
+def _config_files(conf):
+    return ', '.join(conf.config_file) or 'none found, built-in defaults'
+
+
+def _fail(message, code=2):
+    sys.stderr.write('scaph-openstack: %s\n' % message)
+    return code
+
+
+TRANSIENT = ('%s is a transient domain: it has no persistent definition to '
+             'change, and defining one would make it persistent behind your '
+             'back. Make it persistent first (virsh dumpxml %s > %s.xml; '
+             'virsh define %s.xml), then run %s again')
 
 
 def _domain(args, conf):
@@ -88,28 +123,53 @@ def _domain(args, conf):
         raise
 
 
+def _refuse_transient(args, domain):
+    """The error message for a domain without a persistent definition:
+    defineXML on it would silently make it persistent."""
+    if domain.isPersistent():
+        return None
+    return TRANSIENT % ((args.domain,) * 4 + (args.command,))
+
+
 def cmd_attach(args, out=sys.stdout):
-    """What the Nova hook does, for one plain libvirt domain."""
+    """What the Nova hook does, for one plain libvirt domain. Everything
+    is checked, and the new definition made, before the share directory
+    is created: a refusal leaves nothing behind."""
     import libvirt
     from scaph_openstack.privsep import mounts
     from scaph_openstack.share import domain_xml
     from scaph_openstack.share import layout
     conf = _load_conf(args)
-    connection, domain = _domain(args, conf)
     try:
+        connection, domain = _domain(args, conf)
+    except libvirt.libvirtError as exc:
+        return _fail(exc)
+    try:
+        refusal = _refuse_transient(args, domain)
+        if refusal:
+            return _fail(refusal)
         xml = domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
         uuid = domain_xml.domain_uuid(xml)
         source = '%s/%s' % (conf.share.export_dir.rstrip('/'),
                             layout.instance_dir_name(uuid))
-        mounts.create_instance_share(conf.share.work_dir, uuid)
         new_xml, changed = domain_xml.attach(xml, source, conf.share.tag,
                                              conf.share.virtiofsd_path)
+        mounts.create_instance_share(uuid)   # the daemon's own [share]
         if changed:
-            connection.defineXML(new_xml)
+            try:
+                connection.defineXML(new_xml)
+            except libvirt.libvirtError as exc:
+                return _fail('libvirt refused the new definition of %s, '
+                             'which stays as it was: %s (the share '
+                             'directory was made: zero counters, harmless)'
+                             % (args.domain, exc))
+    except (libvirt.libvirtError, domain_xml.DomainXmlError) as exc:
+        return _fail(exc)
     finally:
         connection.close()
     out.write('%s: share %s attached as tag %r; %s\n' % (
         args.domain, source, conf.share.tag, DOMAIN_MESSAGE[changed]))
+    out.write('configuration: %s\n' % _config_files(conf))
     out.write('in the guest: mount -t virtiofs -o ro %s %s\n'
               % (conf.share.tag, layout.GUEST_MOUNTPOINT))
     return 0
@@ -119,12 +179,20 @@ def cmd_detach(args, out=sys.stdout):
     import libvirt
     from scaph_openstack.share import domain_xml
     conf = _load_conf(args)
-    connection, domain = _domain(args, conf)
     try:
+        connection, domain = _domain(args, conf)
+    except libvirt.libvirtError as exc:
+        return _fail(exc)
+    try:
+        refusal = _refuse_transient(args, domain)
+        if refusal:
+            return _fail(refusal)
         new_xml, changed = domain_xml.detach(
             domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), conf.share.tag)
         if changed:
             connection.defineXML(new_xml)
+    except (libvirt.libvirtError, domain_xml.DomainXmlError) as exc:
+        return _fail(exc)
     finally:
         connection.close()
     out.write('%s: share detached; %s\n' % (args.domain,

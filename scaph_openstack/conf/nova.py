@@ -18,7 +18,9 @@ READONLY_AUTO = 'auto'
 READONLY_NEVER = 'never'
 
 # Flavor extra spec (validated by scaph_openstack.nova.extra_specs) and
-# image property that ask for (true) or refuse (false) the share.
+# image property that ask for (true) or refuse (false) the share. The
+# image property is the tenant's: it can only ask for the share when
+# [scaphandre] honor_image_property is true.
 FLAVOR_SPEC = 'scaphandre:share'
 IMAGE_PROPERTY = 'scaphandre_share'
 
@@ -38,8 +40,9 @@ OPTS = [
             (ATTACH_ALL, 'Every instance, unless its flavor extra spec '
                          '%s or its image property %s is false.'
              % (FLAVOR_SPEC, IMAGE_PROPERTY)),
-            (ATTACH_OPT_IN, 'Only instances whose flavor extra spec %s or '
-                            'image property %s is true.'
+            (ATTACH_OPT_IN, 'Only instances whose flavor extra spec %s '
+                            'is true, or whose image property %s is true '
+                            'when honor_image_property is true.'
              % (FLAVOR_SPEC, IMAGE_PROPERTY)),
             (ATTACH_NONE, 'No instance: switches the feature off without '
                           'changing compute_driver.'),
@@ -48,9 +51,21 @@ OPTS = [
              'image say something, the flavor (the operator) wins. The '
              'share needs shared guest memory and, like any virtiofs '
              'device, blocks live migration and suspend of the instance, '
-             'hence opt-in by default. A change applies when an '
-             'instance\'s domain is next regenerated (hard reboot, stop '
-             'and start, resize, migration, rebuild).'),
+             'hence opt-in by default. Instances with memory encryption '
+             '(hw:mem_encryption, hw_mem_encryption: SEV, SEV-ES, SEV-SNP, '
+             'TDX) never get it. A change applies when an instance\'s '
+             'domain is next regenerated (hard reboot, stop and start, '
+             'resize, migration, rebuild).'),
+    cfg.BoolOpt(
+        'honor_image_property', default=False,
+        help='Whether the image property %s=true gives an instance the '
+             'share (with attach = opt-in). Anyone who can upload an '
+             'image can set it, and an instance with the share can be '
+             'neither live migrated nor suspended: leave this false where '
+             'tenants must not be able to pin their instances to a host '
+             'during the operator\'s maintenance, and offer flavors with '
+             '%s=true instead. %s=false (no share) is honored either way.'
+             % (IMAGE_PROPERTY, FLAVOR_SPEC, IMAGE_PROPERTY)),
     cfg.StrOpt(
         'tag', default=layout.DEFAULT_TAG, regex=r'^[A-Za-z0-9._-]+$',
         max_length=36,

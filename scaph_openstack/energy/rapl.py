@@ -144,5 +144,5 @@ def from_conf(conf):
     reader = None
     if conf.energy.use_privsep:
         from scaph_openstack.privsep import rapl as privsep_rapl
-        reader = privsep_rapl.read_energy_uj
+        reader = privsep_rapl.read_energy_uj_file
     return RaplSource(conf.energy.powercap_path, privileged_reader=reader)

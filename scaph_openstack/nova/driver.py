@@ -9,15 +9,21 @@ Victoria, so the driver subclasses LibvirtDriver and overrides:
 - ``_get_guest_config``: every XML Nova generates (spawn, hard reboot,
   power on, rescue, resize and cold migration, rebuild, unshelve) gets the
   virtiofs ``<filesystem>`` and shared guest memory, for the instances
-  ``[scaphandre] attach`` selects;
+  ``[scaphandre] attach`` selects (never memory-encrypted ones), and
+  records in the instance's system metadata whether it did;
 - ``_create_guest``: every domain definition and start (all of the above,
   plus resume from suspend and unrescue, which reuse an existing XML)
   makes the instance's share directory first, whether or not the agent
   runs, because libvirt refuses to start a domain whose virtiofs source
   does not exist;
-- ``check_can_live_migrate_source`` and ``suspend``: libvirt cannot
+- ``check_can_live_migrate_destination`` (and, as a backstop,
+  ``check_can_live_migrate_source``) and ``suspend``: libvirt cannot
   migrate or save a domain with a virtiofs device, so both are refused up
-  front, cleanly, instead of failing half-way (doc/nova.md).
+  front, cleanly, instead of failing half-way; the live migration with an
+  error the conductor does not retry on other hosts (doc/nova.md);
+- ``_build_share_metadata``: Nova's device metadata knows only Manila
+  shares; the energy share is not one and is skipped without Nova's
+  warning.
 
 From scaph-openstack, only its options (conf.nova), the share layout and
 the privsep helpers are imported, never the agent (doc/design.md, Facts 6).
@@ -46,6 +52,21 @@ scaph_conf.register_opts(CONF)
 # Nova copies every property of the boot image into system metadata with
 # this prefix; ImageMetaProps only carries the fields Nova itself knows.
 SYSMETA_IMAGE_KEY = 'image_' + scaph_conf.IMAGE_PROPERTY
+
+# Memory encryption, as nova.virt.hardware.get_mem_encryption_constraint
+# reads it: the flavor extra spec, or the image property (in system
+# metadata like the one above). The model (hw:mem_encryption_model: SEV,
+# SEV-ES, SEV-SNP, TDX) alone asks for nothing.
+MEM_ENCRYPTION_SPEC = 'hw:mem_encryption'
+SYSMETA_MEM_ENCRYPTION_KEY = 'image_hw_mem_encryption'
+
+# Written by the driver that generated the instance's current XML: 'True'
+# when it has the share, 'False' when not. Not an image key (no 'image_'
+# prefix), so no tenant can set it. The compute manager saves it with the
+# instance after the operation, as Nova does for image_hw_machine_type
+# that LibvirtDriver._get_guest_config records the same way. Read on the
+# live migration's destination, which cannot see the source's domain.
+SYSMETA_ATTACHED_KEY = 'scaphandre_share_attached'
 
 # libvirt accepts <readonly/> on virtiofs from 11.0.0, as other libvirt
 # users rely on (it needs a virtiofsd with --readonly); 9.0, the one these
@@ -121,10 +142,14 @@ def _bool(value, what):
         return None
 
 
-def share_requested(extra_specs, system_metadata):
+def share_requested(extra_specs, system_metadata,
+                    honor_image_property=False):
     """True or False when the flavor or the image says, else None.
 
-    The flavor is the operator's and wins over the image, the user's.
+    The flavor is the operator's and wins over the image, the user's. The
+    image can always say no; it can say yes only with
+    honor_image_property: anyone who can upload an image could otherwise
+    make their instance impossible to live migrate or suspend.
     """
     value = extra_specs.get(scaph_conf.FLAVOR_SPEC)
     if value is not None:
@@ -133,14 +158,32 @@ def share_requested(extra_specs, system_metadata):
             return requested
     value = system_metadata.get(SYSMETA_IMAGE_KEY)
     if value is not None:
-        return _bool(value, scaph_conf.IMAGE_PROPERTY)
+        requested = _bool(value, scaph_conf.IMAGE_PROPERTY)
+        if requested and not honor_image_property:
+            return None
+        return requested
     return None
 
 
-def wants_share(attach, extra_specs, system_metadata):
+def mem_encryption_requested(extra_specs, system_metadata):
+    """Whether the flavor or the image asks for encrypted guest memory, read
+    as Nova reads them (non-strict booleans)."""
+    return any(strutils.bool_from_string(value) for value in (
+        extra_specs.get(MEM_ENCRYPTION_SPEC),
+        system_metadata.get(SYSMETA_MEM_ENCRYPTION_KEY)))
+
+
+def wants_share(attach, extra_specs, system_metadata,
+                honor_image_property=False):
     if attach == scaph_conf.ATTACH_NONE:
         return False
-    requested = share_requested(extra_specs, system_metadata)
+    if mem_encryption_requested(extra_specs, system_metadata):
+        # Encrypted memory is what the host must not read; the share
+        # would make the guest's memory a shared mapping that virtiofsd
+        # maps (doc/nova.md).
+        return False
+    requested = share_requested(extra_specs, system_metadata,
+                                honor_image_property)
     if requested is None:
         return attach == scaph_conf.ATTACH_ALL
     return requested
@@ -188,6 +231,17 @@ def share_devices(xml, uuid):
     return found
 
 
+def is_energy_share(dev):
+    """Whether a parsed LibvirtConfigGuestFilesys is the energy share of
+    its instance: virtiofs, our tag, a source directly in export_dir."""
+    source = getattr(dev, 'source_dir', None)
+    return (getattr(dev, 'driver_type', None) == 'virtiofs' and
+            getattr(dev, 'target_dir', None) == CONF.scaphandre.tag and
+            bool(source) and
+            os.path.dirname(os.path.normpath(source)) ==
+            os.path.normpath(CONF.scaphandre.export_dir))
+
+
 class LibvirtDriver(libvirt_driver.LibvirtDriver):
     """``compute_driver = scaphandre.LibvirtDriver``"""
 
@@ -198,7 +252,8 @@ class LibvirtDriver(libvirt_driver.LibvirtDriver):
             return False
         return wants_share(CONF.scaphandre.attach,
                            instance.flavor.extra_specs,
-                           instance.system_metadata)
+                           instance.system_metadata,
+                           CONF.scaphandre.honor_image_property)
 
     def _share_readonly(self):
         if CONF.scaphandre.readonly == scaph_conf.READONLY_NEVER:
@@ -215,7 +270,7 @@ class LibvirtDriver(libvirt_driver.LibvirtDriver):
                 LOG.warning('Not adding the scaph-openstack share: another '
                             'filesystem already uses the tag %s', tag,
                             instance=instance)
-                return
+                return False
         fs = ShareFilesys()
         fs.source_dir = export_path(instance.uuid)
         fs.target_dir = tag
@@ -223,13 +278,22 @@ class LibvirtDriver(libvirt_driver.LibvirtDriver):
         fs.readonly = self._share_readonly()
         guest.add_device(fs)
         ensure_shared_memory(guest)
+        return True
 
     # The signature changes across Nova releases (share_info in 31,
     # old_guest in 33): pass everything through.
     def _get_guest_config(self, instance, *args, **kwargs):
         guest = super()._get_guest_config(instance, *args, **kwargs)
+        attached = False
         if self._wants_share(instance):
-            self._add_share(guest, instance)
+            if getattr(guest, 'launch_security', None) is not None:
+                # Nova encrypts this guest's memory (SEV, SEV-ES, SEV-SNP,
+                # TDX) however it was asked to: never share it.
+                LOG.info('Not adding the scaph-openstack share: the guest '
+                         'memory is encrypted', instance=instance)
+            else:
+                attached = self._add_share(guest, instance)
+        instance.system_metadata[SYSMETA_ATTACHED_KEY] = str(attached)
         return guest
 
     # -- the share directory exists before any domain start --
@@ -238,13 +302,11 @@ class LibvirtDriver(libvirt_driver.LibvirtDriver):
         work_dir = CONF.scaphandre.work_dir
         try:
             if CONF.scaphandre.manage_mounts:
-                mounts.ensure_share_mounts(work_dir,
-                                           CONF.scaphandre.export_dir,
-                                           CONF.scaphandre.tmpfs_size)
+                mounts.ensure_share_mounts()  # reads [scaphandre] itself
             # with_dram=False: the agent adds the DRAM zone on its first
             # write where the host has one. Present files are kept, so
             # counters the agent already wrote are never lowered.
-            mounts.create_instance_share(work_dir, instance.uuid)
+            mounts.create_instance_share(instance.uuid)
         except Exception as exc:
             # Whatever failed (privsep daemon, mount, full tmpfs), the
             # domain can still start if the directory is there.
@@ -279,6 +341,37 @@ class LibvirtDriver(libvirt_driver.LibvirtDriver):
             return False
         return bool(share_devices(guest.get_xml_desc(), instance.uuid))
 
+    def _recorded_share(self, instance):
+        """Whether the instance's current domain has the share, as the
+        driver that generated its XML recorded; without a record (an XML
+        from before the record existed), whether this host's options give
+        it one."""
+        recorded = instance.system_metadata.get(SYSMETA_ATTACHED_KEY)
+        if recorded is not None:
+            return strutils.bool_from_string(recorded)
+        return self._wants_share(instance)
+
+    # Runs on the destination, first of the per-host checks. The conductor
+    # (LiveMigrationTask._find_destination) tries the next host on Invalid
+    # or MigrationPreCheckError, and the destination's compute manager
+    # wraps whatever the source's check raises into MigrationPreCheckError,
+    # so only a refusal from here can end the request: NoValidHost, which
+    # the conductor passes on (migration 'error', instance left ACTIVE on
+    # its host, the scheduler's claim on this host given back).
+    def check_can_live_migrate_destination(self, context, instance,
+                                           *args, **kwargs):
+        if self._recorded_share(instance):
+            raise exception.NoValidHost(reason=_(
+                'instance %s has the scaph-openstack energy share, a '
+                'virtiofs device, which libvirt cannot live migrate to any '
+                'host; cold migrate it instead (migrate or resize), which '
+                'recreates the share on the destination') % instance.uuid)
+        return super().check_can_live_migrate_destination(
+            context, instance, *args, **kwargs)
+
+    # The backstop, where the record is missing or wrong (a domain defined
+    # before the options changed): the running domain decides. Only the
+    # conductor's next host comes of it (see above).
     def check_can_live_migrate_source(self, context, instance,
                                       dest_check_data, *args, **kwargs):
         if self._running_with_share(instance):
@@ -301,3 +394,16 @@ class LibvirtDriver(libvirt_driver.LibvirtDriver):
                     'of a domain with one; stop or shelve it '
                     'instead') % instance.uuid))
         return super().suspend(context, instance, *args, **kwargs)
+
+    # -- Nova's device metadata --
+
+    def _build_share_metadata(self, dev, shares, *args, **kwargs):
+        # Nova builds device metadata (attach_volume, attach_interface,
+        # hard reboot, config drive) for every <filesystem> and expects a
+        # Manila share mapping for each, warning "Device ... of type
+        # filesystem found but it is not linked to any share" otherwise.
+        # The energy share is not a Manila share: no metadata, no warning.
+        if is_energy_share(dev) and not any(
+                share.tag == dev.target_dir for share in shares):
+            return None
+        return super()._build_share_metadata(dev, shares, *args, **kwargs)

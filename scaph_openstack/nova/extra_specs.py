@@ -20,9 +20,12 @@ EXTRA_SPEC_VALIDATORS = [
             'holding a powercap tree of the instance\'s own energy, which '
             'scaphandre --vm reads. It also gives the guest shared memory. '
             'Instances with the share cannot be live migrated nor '
-            'suspended. Overrides the image property %s; whether it is '
-            'needed depends on [scaphandre] attach (opt-in: true enables '
-            'it; all: false disables it; none: ignored).'
+            'suspended. Overrides the image property %s, which can ask '
+            'for the share only where nova-compute sets [scaphandre] '
+            'honor_image_property; whether it is needed depends on '
+            '[scaphandre] attach (opt-in: true enables it; all: false '
+            'disables it; none: ignored). Ignored for memory-encrypted '
+            'instances (hw:mem_encryption), which never get the share.'
             % scaph_conf.IMAGE_PROPERTY
         ),
         value={

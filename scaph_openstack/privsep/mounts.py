@@ -1,21 +1,36 @@
 """tmpfs for the shares and its read-only bind mount (doc/design.md,
-Facts 2).
+Facts 2), and the instance share directories nova-compute asks for.
 
 libvirt 9.0 refuses ``<readonly/>`` on virtiofs, so the guest's view is
 made read-only on the host: virtiofsd exports a bind mount remounted
 ``ro``, while the agent writes the same tmpfs through ``work_dir``.
+
+The entry points take no path and no size (doc/security.md, "Privileged
+entry points"): ``work_dir``, ``export_dir``, ``tmpfs_size`` and
+``manage_mounts`` are the daemon's own configuration
+(``privsep.share_settings``). Directories are opened from / with
+``O_NOFOLLOW`` (``privsep.fs``); what is mounted where is decided by
+device and inode numbers; mount(2) is called on the opened directories.
 """
 
+import errno
 import fcntl
 import os
 import subprocess
 
+from scaph_openstack import fileutil
 from scaph_openstack import privsep
+from scaph_openstack.privsep import fs
 from scaph_openstack.share import layout
+
+TMPFS_SOURCE = 'scaph-shares'
+MOUNT_FLAGS = fs.MS_NOSUID | fs.MS_NODEV | fs.MS_NOEXEC
+VIEW_FLAGS = os.ST_RDONLY | os.ST_NOSUID | os.ST_NODEV | os.ST_NOEXEC
 
 
 def _mountinfo():
-    """{mount point: (fs type, options)} of the current namespace."""
+    """{mount point: (fs type, options)} of the current namespace (for
+    tests and diagnostics: decisions use device and inode numbers)."""
     mounts = {}
     with open('/proc/self/mountinfo') as f:
         for line in f:
@@ -27,58 +42,218 @@ def _mountinfo():
     return mounts
 
 
-def _run(*argv):
-    result = subprocess.run(argv, capture_output=True, text=True)
-    if result.returncode:
-        raise OSError('%s failed: %s' % (' '.join(argv),
-                                         result.stderr.strip()))
+def _lock(parent_fd, name):
+    """nova-compute (hook) and the agent may both set the mounts up at
+    host boot: one at a time, or both could mount a tmpfs over work_dir.
+    The lock file is ``<work_dir>.lock``, beside work_dir."""
+    try:
+        fd = os.open(name + '.lock', os.O_WRONLY | os.O_CREAT |
+                     os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise privsep.Refused('%s.lock is a symlink; not followed'
+                                  % name) from None
+        raise
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _dev(fd):
+    st = os.fstat(fd)
+    return '%d:%d inode %d' % (os.major(st.st_dev), os.minor(st.st_dev),
+                               st.st_ino)
+
+
+def _mount_work(parent, name, settings):
+    """The descriptor of work_dir, a tmpfs mount root (mounted if not)."""
+    path = settings.work_dir
+    work = fs.open_child(parent, name, path, create=True)
+    try:
+        if fs.is_mount_root(parent, work):
+            fs.require_fs(work, fs.TMPFS_MAGIC, '%s (a mount point)' % path)
+        else:
+            if not fs.is_empty(work):
+                raise privsep.Refused(
+                    '%s is not empty: a tmpfs mounted over it would hide its '
+                    'files' % path)
+            fs.mount(TMPFS_SOURCE, work, 'tmpfs', MOUNT_FLAGS,
+                     'size=%s,mode=0755' % settings.tmpfs_size)
+            os.close(work)
+            work = fs.open_child(parent, name, path)
+            if not fs.is_mount_root(parent, work):
+                raise OSError('mounted a tmpfs on %s but do not see it there'
+                              % path)
+            fs.require_fs(work, fs.TMPFS_MAGIC, path)
+        os.fchmod(work, 0o755)
+        return work
+    except BaseException:
+        os.close(work)
+        raise
+
+
+def _bind_export(work, settings):
+    """export_dir: a read-only bind mount of the tmpfs root ``work`` is,
+    as device and inode numbers say; made so if nothing is mounted there,
+    refused if something else is."""
+    path = settings.export_dir
+    name = os.path.basename(path)
+    parent, export = fs.open_path(path, create=True)
+    try:
+        if fs.is_mount_root(parent, export):
+            if fs.identity(export) != fs.identity(work):
+                raise privsep.Refused(
+                    '%s is a mount point (device %s), not a bind mount of '
+                    '%s (device %s): unmount it' % (
+                        path, _dev(export), settings.work_dir, _dev(work)))
+        else:
+            if not fs.is_empty(export):
+                raise privsep.Refused(
+                    '%s is not empty: a bind mount over it would hide its '
+                    'files' % path)
+            fs.mount(None, export, None, fs.MS_BIND, source_fd=work)
+            os.close(export)
+            export = fs.open_child(parent, name, path)
+            if fs.identity(export) != fs.identity(work):
+                raise OSError('bound %s on %s but do not see it there'
+                              % (settings.work_dir, path))
+        if os.fstatvfs(export).f_flag & VIEW_FLAGS != VIEW_FLAGS:
+            fs.mount(None, export, None,
+                     fs.MS_REMOUNT | fs.MS_BIND | fs.MS_RDONLY | MOUNT_FLAGS)
+            os.close(export)
+            export = fs.open_child(parent, name, path)
+            if os.fstatvfs(export).f_flag & VIEW_FLAGS != VIEW_FLAGS or \
+                    fs.identity(export) != fs.identity(work):
+                raise OSError('remounted %s read-only but it is not' % path)
+    finally:
+        os.close(export)
+        os.close(parent)
+
+
+def _ensure(settings):
+    settings.check_mounts()
+    name = os.path.basename(settings.work_dir)
+    parent, work = fs.open_path(settings.work_dir, create=True)
+    os.close(work)
+    try:
+        lock = _lock(parent, name)
+        try:
+            work = _mount_work(parent, name, settings)
+            try:
+                _bind_export(work, settings)
+            finally:
+                os.close(work)
+        finally:
+            os.close(lock)
+    finally:
+        os.close(parent)
 
 
 def ensure_share_mounts_unprivileged(work_dir, export_dir, size):
-    # nova-compute (hook) and the agent may both set the mounts up at host
-    # boot: one at a time, or both could mount a tmpfs over work_dir.
-    os.makedirs(os.path.dirname(os.path.abspath(work_dir)), exist_ok=True)
-    lock_path = os.path.abspath(work_dir).rstrip('/') + '.lock'
-    with open(lock_path, 'a') as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        _ensure_share_mounts(work_dir, export_dir, size)
-
-
-def _ensure_share_mounts(work_dir, export_dir, size):
-    mounts = _mountinfo()
-    for path in (work_dir, export_dir):
-        os.makedirs(path, exist_ok=True)
-    if mounts.get(work_dir, ('',))[0] != 'tmpfs':
-        _run('mount', '-t', 'tmpfs', '-o',
-             'size=%s,mode=0755,nosuid,nodev,noexec' % size,
-             'scaph-shares', work_dir)
-    current = _mountinfo().get(export_dir)
-    if current is None:
-        _run('mount', '--bind', work_dir, export_dir)
-        current = ('tmpfs', 'rw')
-    if 'ro' not in current[1].split(','):
-        _run('mount', '-o', 'remount,bind,ro,nosuid,nodev,noexec',
-             export_dir)
-    os.chmod(work_dir, 0o755)
+    """In this process (already root): what ``ensure_share_mounts`` does
+    with the daemon's configuration, here with these values, which get the
+    same checks."""
+    _ensure(privsep.ShareSettings('arguments', work_dir, export_dir, size,
+                                  True))
 
 
 def remove_share_mounts_unprivileged(work_dir, export_dir):
-    mounts = _mountinfo()
+    """Unmount export_dir then work_dir where a mount is there."""
     for path in (export_dir, work_dir):
-        if path in mounts:
-            _run('umount', path)
+        privsep.check_path(path, 'path')
+        try:
+            parent, fd = fs.open_path(path)
+        except FileNotFoundError:
+            continue
+        try:
+            mounted = fs.is_mount_root(parent, fd)
+        finally:
+            os.close(fd)
+            os.close(parent)
+        if mounted:
+            result = subprocess.run(['umount', '--', path],
+                                    capture_output=True, text=True)
+            if result.returncode:
+                raise OSError('umount %s failed: %s'
+                              % (path, result.stderr.strip()))
+
+
+def _share_dir(parent, name, what):
+    fd = fs.open_child(parent, name, what, create=True,
+                       mode=layout.DIR_MODE)
+    try:
+        if os.fstat(fd).st_dev != os.fstat(parent).st_dev:
+            raise privsep.Refused('%s: %r is a mount point' % (what, name))
+        os.fchmod(fd, layout.DIR_MODE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _missing(dir_fd, name):
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        return False
+    except FileNotFoundError:
+        return True
+
+
+def write_instance_share(work_dir, uuid, with_dram=False,
+                         require_tmpfs=True):
+    """In this process: the instance's initial tree under ``work_dir``
+    (which must be the share tmpfs unless ``require_tmpfs`` is false).
+    Present files are kept: counters the agent wrote are never lowered."""
+    privsep.check_uuid(uuid)
+    if not isinstance(with_dram, bool):
+        raise privsep.Refused('with_dram must be true or false, not %r'
+                              % (with_dram,))
+    privsep.check_path(work_dir, 'work_dir')
+    by_dir = {}
+    for (subdir, name), data in layout.initial_files(uuid, with_dram).items():
+        by_dir.setdefault(subdir, {})[name] = data
+    parent, root = fs.open_path(work_dir)
+    try:
+        if require_tmpfs:
+            if not fs.is_mount_root(parent, root):
+                raise privsep.Refused('%s is not a mount point: the share '
+                                      'tmpfs is not mounted' % work_dir)
+            fs.require_fs(root, fs.TMPFS_MAGIC, work_dir)
+        instance = _share_dir(root, uuid, work_dir)
+        try:
+            for subdir, files in sorted(by_dir.items()):
+                fd = (_share_dir(instance, subdir, '%s/%s' % (work_dir, uuid))
+                      if subdir else instance)
+                try:
+                    for name, data in files.items():
+                        if _missing(fd, name):
+                            fileutil.replace_at(fd, name, data,
+                                                mode=layout.FILE_MODE)
+                finally:
+                    if fd != instance:
+                        os.close(fd)
+        finally:
+            os.close(instance)
+    finally:
+        os.close(root)
+        os.close(parent)
 
 
 @privsep.sys_admin.entrypoint
-def ensure_share_mounts(work_dir, export_dir, size):
-    """Idempotent: mount what is missing, fix a view that is not ro."""
-    ensure_share_mounts_unprivileged(work_dir, export_dir, size)
+def ensure_share_mounts():
+    """Idempotent: mount what is missing, make a view that is not
+    read-only so; refuse what is mounted but is not ours."""
+    settings = privsep.share_settings()
+    if not settings.manage_mounts:
+        raise privsep.Refused('[%s] manage_mounts is false: the share mounts '
+                              'are not this daemon\'s to make'
+                              % settings.group)
+    _ensure(settings)
 
 
 @privsep.sys_admin.entrypoint
-def create_instance_share(work_dir, uuid, with_dram=False):
+def create_instance_share(uuid, with_dram=False):
     """For nova-compute: the instance's initial tree, before its domain
     starts, whether or not the agent runs. Present files are kept."""
-    from scaph_openstack.share import tree
-    tree.ShareTree(work_dir).write_instance(
-        uuid, layout.initial_files(uuid, with_dram), only_missing=True)
+    privsep.check_uuid(uuid)
+    write_instance_share(privsep.share_settings().work_dir, uuid, with_dram,
+                         privsep.require_tmpfs())

@@ -77,8 +77,7 @@ class SharePublisher(base.Publisher):
 
     def start(self):
         if self.manage_mounts:
-            mounts.ensure_share_mounts(self.work_dir, self.export_dir,
-                                       self.tmpfs_size)
+            mounts.ensure_share_mounts()    # the daemon's own [share]
         else:
             os.makedirs(self.work_dir, exist_ok=True)
 

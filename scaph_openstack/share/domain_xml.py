@@ -36,30 +36,46 @@ def _share_filesystems(root, tag):
                      and fs.find('target').get('dir') == tag]
 
 
+def _shared(element, attribute):
+    return element is not None and element.get(attribute) == 'shared'
+
+
 def has_shared_memory(root):
-    """True when memory is already shared: hugepages or a file/memfd
-    source with shared access both satisfy virtiofs."""
-    backing = root.find('memoryBacking')
-    if backing is None:
-        return False
-    if backing.find('hugepages') is not None:
-        return True
-    access = backing.find('access')
-    return access is not None and access.get('mode') == 'shared'
+    """What libvirt (9.0, qemuValidateDomainDefVhostUserRequireSharedMemory)
+    checks for virtiofs: without guest NUMA cells, ``<access
+    mode='shared'/>`` in ``<memoryBacking>``; with cells, every cell
+    shared, by its own ``memAccess='shared'`` or, when it has none, by
+    that access. Huge pages alone are not shared memory: QEMU maps them
+    private unless libvirt is told otherwise."""
+    default_shared = _shared(root.find('memoryBacking/access'), 'mode')
+    cells = root.findall('cpu/numa/cell')
+    if not cells:
+        return default_shared
+    return all(_shared(cell, 'memAccess') or
+               (cell.get('memAccess') is None and default_shared)
+               for cell in cells)
 
 
 def _ensure_shared_memory(root):
+    """Shared access for the whole guest memory and each NUMA cell that
+    says otherwise (``memAccess='private'``: libvirt would refuse the
+    share). A new memfd source only where memory has no backing of its
+    own: huge pages (hugetlbfs) and a file source are shared by their
+    access mode alone."""
     if has_shared_memory(root):
         return
     backing = root.find('memoryBacking')
     if backing is None:
         backing = ET.SubElement(root, 'memoryBacking')
-    if backing.find('source') is None:
+    if backing.find('hugepages') is None and backing.find('source') is None:
         ET.SubElement(backing, 'source', type='memfd')
     access = backing.find('access')
     if access is None:
         access = ET.SubElement(backing, 'access')
     access.set('mode', 'shared')
+    for cell in root.findall('cpu/numa/cell'):
+        if cell.get('memAccess') not in (None, 'shared'):
+            cell.set('memAccess', 'shared')
 
 
 def filesystem_element(source_dir, tag, virtiofsd=None):

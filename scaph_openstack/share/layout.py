@@ -28,7 +28,8 @@ FILE_MODE = 0o444
 DEFAULT_TAG = 'scaphandre'
 GUEST_MOUNTPOINT = '/var/scaphandre'
 
-_SAFE_NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$')
+# fullmatch: with match(), '$' also matches before a final newline.
+_SAFE_NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9._-]{0,127}')
 
 
 class LayoutError(ValueError):
@@ -37,7 +38,7 @@ class LayoutError(ValueError):
 
 def instance_dir_name(uuid):
     """The directory name of an instance; refuses anything path-like."""
-    if not isinstance(uuid, str) or not _SAFE_NAME.match(uuid):
+    if not isinstance(uuid, str) or not _SAFE_NAME.fullmatch(uuid):
         raise LayoutError('%r cannot name a share directory' % (uuid,))
     return uuid
 

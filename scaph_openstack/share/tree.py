@@ -67,14 +67,21 @@ class ShareTree:
 
     def _subdir(self, parent_fd, dirname, subdir):
         name = subdir or dirname
+        created = False
         if (dirname, subdir) not in self._made:
             try:
                 os.mkdir(name, layout.DIR_MODE, dir_fd=parent_fd)
-                os.chmod(name, layout.DIR_MODE, dir_fd=parent_fd)  # umask
+                created = True
             except FileExistsError:
                 pass
             self._made.add((dirname, subdir))
-        return fileutil.open_dir(name, dir_fd=parent_fd)
+        fd = fileutil.open_dir(name, dir_fd=parent_fd)
+        if created:
+            # On the opened directory (O_NOFOLLOW), not by name: a symlink
+            # swapped in after mkdir is never chmod'ed. The umask must not
+            # decide what guests see.
+            os.fchmod(fd, layout.DIR_MODE)
+        return fd
 
     def write_instance(self, uuid, files, only_missing=False):
         """Write {(subdir, name): bytes} under <root>/<uuid>/.

@@ -17,7 +17,6 @@ import xml.etree.ElementTree as ET
 import pytest
 import yaml
 
-from scaph_openstack import privsep
 from scaph_openstack.privsep import mounts
 from scaph_openstack.share import layout
 from scaph_openstack.share import tree
@@ -25,6 +24,7 @@ from tests.functional import helpers
 from tests.functional.helpers import agent as agent_helper
 from tests.functional.helpers import guest as guest_helper
 from tests.functional.helpers import libvirtd
+from tests.functional.helpers import privsep_daemon
 from tests.functional.helpers import rapl
 from tests.functional.nova import harness as nova_harness
 
@@ -85,6 +85,14 @@ def agent_with_share(tmp_path):
     finally:
         for path in (export, work):
             subprocess.run(['umount', path], capture_output=True)
+
+
+def create_share(work, export, uuid):
+    """What nova-compute's privsep daemon does before the domain starts,
+    with its own options naming this test's directories."""
+    with privsep_daemon.running({'share': {'work_dir': work,
+                                           'export_dir': export}}):
+        mounts.create_instance_share(uuid)
 
 
 def attach_with_cli(config_path):
@@ -184,7 +192,6 @@ def test_nova_generated_xml_boots_and_the_guest_reads_its_share(
     the real libvirtd: Nova's memfd backing and virtiofs device work, the
     agent names the instance from Nova's metadata, the guest reads it."""
     agent, work, export = agent_with_share
-    privsep.start_if_root()     # the hook's share creation runs there
     nova_xml = nova_harness.domain_xml(virt_type='qemu')
     nova_root = ET.fromstring(nova_xml)
     nova_name = nova_root.findtext(
@@ -192,7 +199,7 @@ def test_nova_generated_xml_boots_and_the_guest_reads_its_share(
     tag, mountpoint, fstype, options = cloud_init_mount()
     guest = guest_helper.Guest(
         label='nova-xml', uuid=nova_root.findtext('uuid'),
-        before_create=lambda g: mounts.create_instance_share(work, g.uuid),
+        before_create=lambda g: create_share(work, export, g.uuid),
         cmdline_params={'tag': tag, 'mnt': mountpoint, 'fstype': fstype,
                         'opts': options, 'period': 1})
     guest.xml_transform = boot_nova_xml(

@@ -320,7 +320,12 @@ def test_stack_unstack_clean(devstack):
     # nova-cpu.conf: our driver and a [scaphandre] group matching the agent.
     nova = load_nova_conf(ds.nova_cpu_conf)
     assert nova.compute_driver == 'scaphandre.LibvirtDriver'
-    assert nova.scaphandre.attach == 'all'
+    # opt-in: instances are live-migratable and suspendable unless a
+    # flavor asks for the share, so tempest's multinode tests pass.
+    assert nova.scaphandre.attach == 'opt-in'
+    assert nova.scaphandre.honor_image_property is False
+    assert ini(ds.nova_cpu_conf)['scaphandre']['honor_image_property'] == (
+        'False')
     assert nova.scaphandre.tag == conf.share.tag
     assert nova.scaphandre.work_dir == conf.share.work_dir
     assert nova.scaphandre.export_dir == conf.share.export_dir

@@ -2,7 +2,6 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from scaph_openstack import proxmox
 from scaph_openstack.share import domain_xml
 
 DOMAIN = """<domain type='qemu'><name>seed</name>
@@ -33,13 +32,92 @@ def test_attach_is_idempotent():
     assert not changed and again == xml
 
 
-def test_hugepages_already_share_memory():
-    domain = DOMAIN.replace('<devices>', '<memoryBacking><hugepages/>'
-                            '</memoryBacking><devices>')
-    xml, _ = domain_xml.attach(domain, '/exp/u', 'scaphandre')
-    root = ET.fromstring(xml)
+def with_memory(backing='', cells=None):
+    """DOMAIN with a <memoryBacking> body and guest NUMA cells, each a
+    memAccess value (None: no attribute)."""
+    parts = []
+    if backing is not None:
+        parts.append('<memoryBacking>%s</memoryBacking>' % backing)
+    if cells is not None:
+        parts.append('<cpu><numa>%s</numa></cpu>' % ''.join(
+            "<cell id='%d' cpus='%d' memory='65536'%s/>" % (
+                i, i, '' if access is None else " memAccess='%s'" % access)
+            for i, access in enumerate(cells)))
+    return DOMAIN.replace('<devices>', ''.join(parts) + '<devices>')
+
+
+def attached(domain):
+    xml, changed = domain_xml.attach(domain, '/exp/u', 'scaphandre')
+    assert changed
+    again, changed_again = domain_xml.attach(xml, '/exp/u', 'scaphandre')
+    assert not changed_again and again == xml
+    return ET.fromstring(xml)
+
+
+def test_hugepages_get_shared_access_and_keep_their_backing():
+    # Huge pages are mapped private unless told otherwise: libvirt refuses
+    # virtiofs on them ("'virtiofs' requires shared memory"). Their
+    # hugetlbfs backing stays; memfd would replace it.
+    root = attached(with_memory('<hugepages/>'))
+    assert root.find('memoryBacking/hugepages') is not None
     assert root.find('memoryBacking/source') is None
+    assert root.find('memoryBacking/access').get('mode') == 'shared'
+
+
+def test_file_backed_memory_gets_shared_access_only():
+    root = attached(with_memory("<source type='file'/>"))
+    assert [s.get('type') for s in root.iterfind('memoryBacking/source')] \
+        == ['file']
+    assert root.find('memoryBacking/access').get('mode') == 'shared'
+
+
+def test_private_access_becomes_shared():
+    root = attached(with_memory("<access mode='private'/>"))
+    assert root.find('memoryBacking/access').get('mode') == 'shared'
+    assert len(root.findall('memoryBacking/access')) == 1
+
+
+def test_numa_cells_inherit_the_shared_access():
+    root = attached(with_memory(None, cells=[None, None]))
+    assert root.find('memoryBacking/access').get('mode') == 'shared'
+    assert [c.get('memAccess') for c in root.iterfind('cpu/numa/cell')] \
+        == [None, None]
+
+
+def test_private_numa_cells_become_shared():
+    # A cell's own memAccess wins over <access>: a private one is refused
+    # by libvirt even with shared access for the rest.
+    for backing in ('<hugepages/>', "<access mode='shared'/>"):
+        root = attached(with_memory(backing, cells=['private', None,
+                                                    'shared']))
+        assert [c.get('memAccess') for c in
+                root.iterfind('cpu/numa/cell')] == ['shared', None,
+                                                    'shared']
+        assert root.find('memoryBacking/access').get('mode') == 'shared'
+
+
+def test_shared_numa_cells_are_left_alone():
+    # what Nova writes for huge pages: every cell shared, no <access>
+    domain = with_memory('<hugepages/>', cells=['shared', 'shared'])
+    xml, changed = domain_xml.attach(domain, '/exp/u', 'scaphandre')
+    assert changed
+    root = ET.fromstring(xml)
     assert root.find('memoryBacking/access') is None
+    assert root.find('memoryBacking/source') is None
+
+
+def test_has_shared_memory_is_what_libvirt_checks():
+    def shared(backing='', cells=None):
+        return domain_xml.has_shared_memory(ET.fromstring(
+            with_memory(backing, cells)))
+    assert not shared('<hugepages/>')
+    assert not shared("<source type='memfd'/>")
+    assert not shared(None)
+    assert shared("<access mode='shared'/>")
+    assert shared("<access mode='shared'/>", cells=[None, 'shared'])
+    assert not shared("<access mode='shared'/>", cells=[None, 'private'])
+    assert shared('<hugepages/>', cells=['shared', 'shared'])
+    assert not shared('<hugepages/>', cells=['shared', None])
 
 
 def test_detach_removes_only_our_tag():
@@ -58,16 +136,3 @@ def test_garbage_xml():
         domain_xml.attach('<domain', '/x', 't')
     with pytest.raises(domain_xml.DomainXmlError):
         domain_xml.domain_uuid('<domain/>')
-
-
-def test_proxmox_args_and_mount():
-    line = proxmox.args_line('105', '/var/lib/libvirt/scaphandre/')
-    assert line.startswith('args: -fsdev local,')
-    assert 'readonly=on' in line
-    assert 'path=/var/lib/libvirt/scaphandre/proxmox-105 ' in line
-    assert 'mount_tag=scaphandre' in line
-    assert proxmox.guest_mount_command().endswith(
-        'mount -t 9p -o ro,trans=virtio,version=9p2000.L scaphandre '
-        '/var/scaphandre')
-    with pytest.raises(ValueError):
-        proxmox.args_line('../x', '/e')

@@ -172,7 +172,8 @@ def test_initial_files_before_the_agent(tmp_path):
 
 
 @pytest.mark.parametrize('name', ['..', '.', '../x', 'a/b', '', '.hidden',
-                                  'x' * 200, None])
+                                  'x' * 200, None, UUID + '\n', 'a\nb',
+                                  'a\n', UUID + '\r', '\u0661\u0662'])
 def test_path_like_names_are_refused(name):
     with pytest.raises(layout.LayoutError):
         layout.instance_dir_name(name)

@@ -5,7 +5,9 @@
   counters stand still) and zones that can be broken (garbage, a
   directory, a missing file) while the "hardware" goes on counting.
 - FakeProc: a fixture /proc for the ``qemu`` inventory; process
-  directories appear and vanish atomically (rename), CPU time grows.
+  directories appear and vanish atomically (rename), CPU time grows. Each
+  process is root's (status ``Uid:``) and runs QEMU (an ``exe`` link), as
+  the inventory requires.
 - Watcher: threads that read files over and over and record every read
   that does not parse and every counter that went down.
 - tree_state, mounts_under, umount, summary: small checks and reporting.
@@ -36,6 +38,7 @@ ZONE_NAMES = {'intel-rapl:0': 'package-0', 'intel-rapl:0:0': 'dram-0',
               'intel-rapl:1': 'package-1', 'intel-rapl:1:0': 'dram-1'}
 STAT = '%d (qemu-system-x86) S 1 1 1 0 -1 4194560 1 0 0 0 %d %d 0 0 20 0 ' \
        '5 0 1 1 1\n'
+STATUS = 'Name:\tqemu-system-x86\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\n'
 
 
 def summary(record_property, name, text):
@@ -313,6 +316,9 @@ class FakeProc:
             f.write(b'\0'.join(a.encode() for a in argv) + b'\0')
         with open(os.path.join(tmp, 'stat'), 'w') as f:
             f.write(STAT % (pid, 0, 0))
+        with open(os.path.join(tmp, 'status'), 'w') as f:
+            f.write(STATUS)
+        os.symlink(QEMU, os.path.join(tmp, 'exe'))
         with self._lock:
             self.cpu[pid] = 0
             os.rename(tmp, os.path.join(self.root, str(pid)))

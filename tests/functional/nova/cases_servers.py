@@ -29,6 +29,7 @@ import fixtures  # noqa: E402
 from lxml import etree  # noqa: E402
 from oslo_utils.fixture import uuidsentinel as uuids  # noqa: E402
 
+from nova.compute import rpcapi as compute_rpcapi  # noqa: E402
 from nova import conf as nova_conf  # noqa: E402
 from nova.tests.fixtures import libvirt as fakelibvirt  # noqa: E402
 from nova.tests.functional.api import client  # noqa: E402
@@ -127,6 +128,8 @@ class ShareServersTestBase(base.ServersTestBase):
         self.flags(attach=self.ATTACH, work_dir=self.work_dir,
                    export_dir=self.export_dir, manage_mounts=False,
                    group='scaphandre')
+        # A plain directory stands for the tmpfs (tests only may say so).
+        self.flags(require_tmpfs=False, group='scaph_openstack_privsep')
 
     def _setup_compute_service(self):
         # ServersTestBase forces libvirt.LibvirtDriver here; this runs
@@ -167,6 +170,24 @@ class ShareServersTestBase(base.ServersTestBase):
         image['properties'].update(properties)
         self.glance.create(None, image)
         return image['id']
+
+    def _sysmeta(self, server):
+        # What the compute manager saved with the instance.
+        from nova import context as nova_context
+        from nova import objects
+        return objects.Instance.get_by_uuid(
+            nova_context.get_admin_context(), server['id'],
+            expected_attrs=['system_metadata']).system_metadata
+
+    def _forget_record(self, server):
+        # As an instance whose XML an older driver generated.
+        from nova import context as nova_context
+        from nova import objects
+        instance = objects.Instance.get_by_uuid(
+            nova_context.get_admin_context(), server['id'],
+            expected_attrs=['system_metadata'])
+        del instance.system_metadata[driver.SYSMETA_ATTACHED_KEY]
+        instance.save()
 
     def _last_define(self, server):
         records = [d for d in self.defined if d.uuid == server['id']]
@@ -246,10 +267,17 @@ class OptInTest(ShareServersTestBase):
         server = self._boot(SHARE_OFF)
         self.assertNoShareXML(self._last_define(server).xml)
 
-    def test_image_property_opt_in(self):
+    def test_image_property_opt_in_not_honored(self):
+        # Default honor_image_property = false: a tenant's image cannot
+        # make its instance non-migratable.
         image = self._image(**{scaph_conf.IMAGE_PROPERTY: 'true'})
         server = self._boot(image_uuid=image)
-        self.assertDefinedWithShare(server)
+        self.assertNoShareXML(self._last_define(server).xml)
+        self.assertFalse(os.path.exists(
+            os.path.join(self.work_dir, server['id'])))
+        # ...and it stays live-migratable as far as the driver goes.
+        self.assertEqual('False', self._sysmeta(server).get(
+            driver.SYSMETA_ATTACHED_KEY))
 
     def test_flavor_overrides_image(self):
         image = self._image(**{scaph_conf.IMAGE_PROPERTY: 'true'})
@@ -263,6 +291,21 @@ class OptInTest(ShareServersTestBase):
         self._reboot_server(server, hard=True)
         self.assertGreater(len(self.defined), count)
         self.assertDefinedWithShare(server)
+
+    def test_hard_reboot_without_nova_share_warning(self):
+        # Nova builds device metadata at the end of a hard reboot (and of
+        # attach_volume, attach_interface) and warned about the
+        # energy share's <filesystem>, which no Manila share backs.
+        server = self._boot(SHARE_ON)
+        self._reboot_server(server, hard=True)
+        self.assertDefinedWithShare(server)
+        self.assertNotIn('not linked to any share',
+                         self.stdlog.logger.output)
+
+    def test_share_recorded_in_system_metadata(self):
+        server = self._boot(SHARE_ON)
+        self.assertEqual('True', self._sysmeta(server).get(
+            driver.SYSMETA_ATTACHED_KEY))
 
     def test_agent_counters_survive_hard_reboot(self):
         server = self._boot(SHARE_ON)
@@ -306,6 +349,23 @@ class OptInTest(ShareServersTestBase):
                 {'extra_specs': {key: value}})
             self.assertEqual(400, exc.response.status_code)
             self.assertIn(error, exc.response.text)
+
+
+class HonorImagePropertyTest(ShareServersTestBase):
+
+    def setUp(self):
+        super().setUp()
+        self.flags(honor_image_property=True, group='scaphandre')
+
+    def test_image_property_opt_in(self):
+        image = self._image(**{scaph_conf.IMAGE_PROPERTY: 'true'})
+        server = self._boot(image_uuid=image)
+        self.assertDefinedWithShare(server)
+
+    def test_flavor_still_overrides_image(self):
+        image = self._image(**{scaph_conf.IMAGE_PROPERTY: 'true'})
+        server = self._boot(SHARE_OFF, image_uuid=image)
+        self.assertNoShareXML(self._last_define(server).xml)
 
 
 class AttachAllTest(ShareServersTestBase):
@@ -377,18 +437,20 @@ class MigrationTest(base.LibvirtMigrationMixin, ShareServersTestBase):
         self.src = self.computes['src']
         self.dest = self.computes['dest']
 
-    def assertRefusedBySource(self):
-        # The source's check says why (instance action event details,
-        # microversion 2.84); the conductor, which then tries the other
-        # hosts, ends with NoValidHost.
+    def assertRefusedByDestination(self, host='dest'):
+        # The destination's check says why (instance action event details,
+        # microversion 2.84) with NoValidHost, which ends the conductor's
+        # request instead of sending it to the next host.
         event = self._wait_for_action_fail_completion(
             self.server, 'live-migration',
-            'compute_check_can_live_migrate_source')
-        self.assertEqual('src', event['host'])
-        self.assertIn('which libvirt cannot live migrate', event['details'])
+            'compute_check_can_live_migrate_destination')
+        self.assertEqual(host, event['host'])
+        self.assertIn('which libvirt cannot live migrate to any host',
+                      event['details'])
         event = self._wait_for_action_fail_completion(
             self.server, 'live-migration', 'conductor_live_migrate_instance')
         self.assertIn('No valid host', event['details'])
+        self.assertIn('scaph-openstack energy share', event['details'])
         # Refused before anything happened on the destination.
         self.assertFalse(self.migrate_stub_ran)
         server = self.api.get_server(self.server['id'])
@@ -400,13 +462,29 @@ class MigrationTest(base.LibvirtMigrationMixin, ShareServersTestBase):
             self._live_migrate(self.server, migration_expected_state='error',
                                server_expected_state='ACTIVE', host='dest')
         pre.assert_not_called()
-        self.assertRefusedBySource()
+        self.assertRefusedByDestination()
 
     def test_live_migration_scheduled_refused(self):
         self.server = self._boot(SHARE_ON, host='src')
         self._live_migrate(self.server, migration_expected_state='error',
                            server_expected_state='ACTIVE')
-        self.assertRefusedBySource()
+        self.assertRefusedByDestination()
+
+    def test_live_migration_source_backstop(self):
+        # No record on the instance and options that give it no share
+        # (an XML from before the options changed): the destination lets
+        # it through, the source's running domain refuses.
+        self.server = self._boot(SHARE_ON, host='src')
+        self._forget_record(self.server)
+        self.flags(attach=scaph_conf.ATTACH_NONE, group='scaphandre')
+        self._live_migrate(self.server, migration_expected_state='error',
+                           server_expected_state='ACTIVE')
+        event = self._wait_for_action_fail_completion(
+            self.server, 'live-migration',
+            'compute_check_can_live_migrate_source')
+        self.assertEqual('src', event['host'])
+        self.assertIn('which libvirt cannot live migrate', event['details'])
+        self.assertFalse(self.migrate_stub_ran)
 
     def test_live_migration_without_share_works(self):
         self.server = self._boot(host='src')
@@ -423,6 +501,70 @@ class MigrationTest(base.LibvirtMigrationMixin, ShareServersTestBase):
         record = self.assertDefinedWithShare(server)
         self.assertEqual('dest', record.host)
         self._confirm_resize(server)
+
+
+class LiveMigrationRetryTest(ShareServersTestBase):
+    """Three hosts a refused live migration could be sent to: how many
+    does the conductor try?"""
+
+    CAST_AS_CALL = False
+    COMPUTES = ('src', 'dest1', 'dest2', 'dest3')
+
+    def setUp(self):
+        super().setUp()
+        self.tried = []
+        self.migrated = []
+        check = compute_rpcapi.ComputeAPI.check_can_live_migrate_destination
+
+        def spy(rpcapi, ctxt, instance, destination, *args, **kwargs):
+            self.tried.append(destination)
+            return check(rpcapi, ctxt, instance, destination, *args,
+                         **kwargs)
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova.compute.rpcapi.ComputeAPI.'
+            'check_can_live_migrate_destination', spy))
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova.tests.fixtures.libvirt.Domain.migrateToURI3',
+            lambda *args: self.migrated.append(args)))
+
+    def _migrate_refused(self, server):
+        self._live_migrate(server, migration_expected_state='error',
+                           server_expected_state='ACTIVE')
+        self.assertEqual([], self.migrated)
+        server = self.api.get_server(server['id'])
+        self.assertEqual('src', server['OS-EXT-SRV-ATTR:host'])
+        # Every claim the scheduler made on a destination was given back.
+        src = self._get_provider_uuid_by_host('src')
+        self.assertEqual(
+            [src], list(self._get_allocations_by_server_uuid(server['id'])))
+        for host in self.COMPUTES[1:]:
+            usages = self._get_provider_usages(
+                self._get_provider_uuid_by_host(host))
+            self.assertEqual(0, usages['VCPU'], host)
+
+    def test_refusal_tries_one_destination(self):
+        server = self._boot(SHARE_ON, host='src')
+        self._migrate_refused(server)
+        self.assertEqual(1, len(self.tried), self.tried)
+        self.assertIn(self.tried[0], self.COMPUTES[1:])
+
+    def test_refusal_without_record_tries_one_destination(self):
+        # An XML from before the record: this host's options decide.
+        server = self._boot(SHARE_ON, host='src')
+        self._forget_record(server)
+        self._migrate_refused(server)
+        self.assertEqual(1, len(self.tried), self.tried)
+
+    def test_source_backstop_walks_every_host(self):
+        # What every refusal did before (the source refusing with
+        # MigrationPreCheckError), and what the backstop still does when
+        # neither the record nor the options know of the share:
+        # [DEFAULT] migrate_max_retries (-1: no limit) bounds it.
+        server = self._boot(SHARE_ON, host='src')
+        self._forget_record(server)
+        self.flags(attach=scaph_conf.ATTACH_NONE, group='scaphandre')
+        self._migrate_refused(server)
+        self.assertEqual(sorted(self.COMPUTES[1:]), sorted(self.tried))
 
 
 class FileBackedMemoryTest(ShareServersTestBase):

@@ -30,6 +30,8 @@ ON = {scaph_conf.FLAVOR_SPEC: 'true'}
 OFF = {scaph_conf.FLAVOR_SPEC: 'false'}
 IMAGE_ON = {driver.SYSMETA_IMAGE_KEY: 'True'}
 IMAGE_OFF = {driver.SYSMETA_IMAGE_KEY: 'no'}
+ENCRYPTED = {driver.MEM_ENCRYPTION_SPEC: 'true'}
+IMAGE_ENCRYPTED = {driver.SYSMETA_MEM_ENCRYPTION_KEY: 'True'}
 
 
 @pytest.fixture(autouse=True)
@@ -51,6 +53,8 @@ def conf(tmp_path):
     fixture.config(group='scaphandre', work_dir=str(work),
                    export_dir=str(export), manage_mounts=False)
     fixture.config(group='libvirt', virt_type='kvm')
+    # tmp_path stands for the tmpfs (the privileged side's test switch).
+    fixture.config(group='scaph_openstack_privsep', require_tmpfs=False)
     yield fixture
     fixture.cleanUp()
 
@@ -112,13 +116,46 @@ def share_fs_xml(path, driver_type='virtiofs'):
     ('none', ON, IMAGE_ON, False),
 ])
 def test_wants_share(attach, specs, sysmeta, expected):
+    assert driver.wants_share(attach, specs, sysmeta,
+                              honor_image_property=True) is expected
+
+
+@pytest.mark.parametrize('attach, specs, sysmeta, expected', [
+    # The tenant's image cannot ask for the share...
+    ('opt-in', {}, IMAGE_ON, False),
+    ('opt-in', ON, {}, True),             # ...the operator's flavor can
+    ('opt-in', OFF, IMAGE_ON, False),
+    ('all', {}, IMAGE_ON, True),          # what attach gives anyway
+    ('all', {}, IMAGE_OFF, False),        # saying no is always honored
+])
+def test_image_property_not_honored_by_default(attach, specs, sysmeta,
+                                               expected):
     assert driver.wants_share(attach, specs, sysmeta) is expected
+
+
+@pytest.mark.parametrize('specs, sysmeta', [
+    (dict(ON, **ENCRYPTED), {}),
+    (ON, IMAGE_ENCRYPTED),
+    ({}, dict(IMAGE_ON, **IMAGE_ENCRYPTED)),
+    ({driver.MEM_ENCRYPTION_SPEC: 'yes'}, {}),   # Nova's non-strict bool
+])
+@pytest.mark.parametrize('attach', ['opt-in', 'all'])
+def test_memory_encryption_never_gets_the_share(attach, specs, sysmeta):
+    assert not driver.wants_share(attach, specs, sysmeta,
+                                  honor_image_property=True)
+
+
+def test_memory_encryption_false_changes_nothing():
+    specs = dict(ON, **{driver.MEM_ENCRYPTION_SPEC: 'false',
+                        'hw:mem_encryption_model': 'amd-sev-snp'})
+    assert driver.wants_share('opt-in', specs, {})
 
 
 def test_invalid_values_are_ignored_with_a_warning():
     with mock.patch.object(driver.LOG, 'warning') as warning:
         assert driver.share_requested(
-            {scaph_conf.FLAVOR_SPEC: 'maybe'}, IMAGE_ON) is True
+            {scaph_conf.FLAVOR_SPEC: 'maybe'}, IMAGE_ON,
+            honor_image_property=True) is True
         assert driver.share_requested(
             {}, {driver.SYSMETA_IMAGE_KEY: 'perhaps'}) is None
     assert warning.call_count == 2
@@ -279,6 +316,47 @@ def test_guest_config_tag_taken(conf):
     warning.assert_called_once()
 
 
+def test_guest_config_image_opt_in_needs_honor(conf):
+    inst = instance(system_metadata=dict(IMAGE_ON))
+    guest = get_guest_config(libvirt_driver_instance(), inst)
+    assert filesystems(guest) == [] and guest.membacking is None
+    conf.config(group='scaphandre', honor_image_property=True)
+    guest = get_guest_config(libvirt_driver_instance(), inst)
+    assert len(filesystems(guest)) == 1
+
+
+@pytest.mark.parametrize('attach', ['opt-in', 'all'])
+def test_guest_config_encrypted_memory_requested(conf, attach):
+    conf.config(group='scaphandre', attach=attach)
+    guest = get_guest_config(libvirt_driver_instance(),
+                             instance(dict(ON, **ENCRYPTED)))
+    assert filesystems(guest) == [] and guest.membacking is None
+
+
+@pytest.mark.parametrize('security', [
+    vconfig.LibvirtConfigGuestSEVLaunchSecurity,
+    vconfig.LibvirtConfigGuestSEVSNPLaunchSecurity,
+    vconfig.LibvirtConfigGuestTDXLaunchSecurity])
+def test_guest_config_encrypted_memory_generated(conf, security):
+    # Whatever made Nova encrypt the memory, the XML has
+    # <launchSecurity>: no share, no shared memory.
+    guest = vconfig.LibvirtConfigGuest()
+    guest.launch_security = security()
+    inst = instance(ON)
+    guest = get_guest_config(libvirt_driver_instance(), inst, guest)
+    assert filesystems(guest) == [] and guest.membacking is None
+    assert inst.system_metadata[driver.SYSMETA_ATTACHED_KEY] == 'False'
+
+
+def test_guest_config_records_the_share(conf):
+    inst = instance(ON)
+    get_guest_config(libvirt_driver_instance(), inst)
+    assert inst.system_metadata[driver.SYSMETA_ATTACHED_KEY] == 'True'
+    inst.flavor.extra_specs = OFF
+    get_guest_config(libvirt_driver_instance(), inst)
+    assert inst.system_metadata[driver.SYSMETA_ATTACHED_KEY] == 'False'
+
+
 # -- _create_guest: the share exists before the domain starts --
 
 def create_guest(drv, xml, check=None):
@@ -329,8 +407,7 @@ def test_create_guest_mounts_when_managed(conf):
     with mock.patch.object(driver.mounts, 'ensure_share_mounts') as ensure:
         create_guest(libvirt_driver_instance(),
                      domain_xml(share_fs_xml(driver.export_path(UUID))))
-    ensure.assert_called_once_with(conf.conf.scaphandre.work_dir,
-                                   conf.conf.scaphandre.export_dir, '8m')
+    ensure.assert_called_once_with()   # the daemon reads [scaphandre]
 
 
 def test_create_guest_failure_without_share_dir(conf):
@@ -385,6 +462,57 @@ def test_live_migration_checks_go_on_without_share(conf, xml):
                                    block_device_info=None)
 
 
+def check_destination(drv, inst):
+    with mock.patch(PARENT + 'check_can_live_migrate_destination',
+                    return_value='dest data') as parent:
+        try:
+            return drv.check_can_live_migrate_destination(
+                'ctxt', inst, 'src info', 'dst info', block_migration=None,
+                disk_over_commit=None), parent
+        except exception.NoValidHost:
+            parent.assert_not_called()
+            raise
+
+
+def conductor_retries(exc):
+    # LiveMigrationTask._find_destination: the host is skipped and the
+    # next one tried on these; anything else ends the request.
+    return isinstance(exc, (exception.Invalid,
+                            exception.MigrationPreCheckError))
+
+
+@pytest.mark.parametrize('inst', [
+    instance(system_metadata={driver.SYSMETA_ATTACHED_KEY: 'True'}),
+    instance(ON),     # no record (an XML of an older driver): the options
+])
+def test_live_migration_destination_refuses_for_good(conf, inst):
+    with pytest.raises(exception.NoValidHost,
+                       match='cannot live migrate to any host') as raised:
+        check_destination(libvirt_driver_instance(), inst)
+    assert not conductor_retries(raised.value)
+
+
+@pytest.mark.parametrize('inst', [
+    instance(system_metadata={driver.SYSMETA_ATTACHED_KEY: 'False'}),
+    # The record wins over the options: booted before the share existed.
+    instance(ON, {driver.SYSMETA_ATTACHED_KEY: 'False'}),
+    instance(),
+])
+def test_live_migration_destination_checks_go_on(conf, inst):
+    result, parent = check_destination(libvirt_driver_instance(), inst)
+    assert result == 'dest data'
+    parent.assert_called_once_with('ctxt', inst, 'src info', 'dst info',
+                                   block_migration=None,
+                                   disk_over_commit=None)
+
+
+def test_source_refusal_is_only_a_backstop():
+    # Whatever the source raises reaches the conductor as a
+    # MigrationPreCheckError (ComputeManager.check_can_live_migrate_
+    # destination wraps it), so the destination has to be the one.
+    assert conductor_retries(exception.MigrationPreCheckError(reason='x'))
+
+
 def test_suspend_refused_with_share(conf):
     drv = libvirt_driver_instance(
         domain_xml(share_fs_xml(driver.export_path(UUID))))
@@ -402,6 +530,43 @@ def test_suspend_without_share(conf):
     with mock.patch(PARENT + 'suspend') as parent:
         drv.suspend('ctxt', instance())
     parent.assert_called_once_with('ctxt', instance())
+
+
+# -- Nova's device metadata --
+
+def parsed_filesystem(xml):
+    dev = vconfig.LibvirtConfigGuestFilesys()
+    dev.parse_dom(etree.fromstring(xml))
+    return dev
+
+
+def test_device_metadata_skips_the_energy_share_quietly(conf):
+    dev = parsed_filesystem(share_fs_xml(driver.export_path(UUID)))
+    with mock.patch.object(libvirt_driver.LOG, 'warning') as warning:
+        assert libvirt_driver_instance()._build_share_metadata(
+            dev, []) is None
+    warning.assert_not_called()
+
+
+@pytest.mark.parametrize('xml', [
+    share_fs_xml('/elsewhere/%s' % UUID),
+    share_fs_xml(driver.export_path(UUID)).replace(
+        "'scaphandre'", "'other-tag'"),
+])
+def test_device_metadata_other_filesystems_still_warn(conf, xml):
+    with mock.patch.object(libvirt_driver.LOG, 'warning') as warning:
+        assert libvirt_driver_instance()._build_share_metadata(
+            parsed_filesystem(xml), []) is None
+    warning.assert_called_once()
+
+
+def test_device_metadata_of_a_manila_share_with_our_tag(conf):
+    from nova import objects
+    objects.register_all()
+    dev = parsed_filesystem(share_fs_xml(driver.export_path(UUID)))
+    share = types.SimpleNamespace(tag='scaphandre', share_id='manila-id')
+    metadata = libvirt_driver_instance()._build_share_metadata(dev, [share])
+    assert metadata.share_id == 'manila-id'
 
 
 # -- what Nova loads --

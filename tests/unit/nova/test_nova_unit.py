@@ -41,6 +41,7 @@ def conf():
 def test_defaults(conf):
     group = conf.scaphandre
     assert group.attach == 'opt-in'
+    assert group.honor_image_property is False
     assert group.tag == 'scaphandre'
     assert group.work_dir == '/var/lib/scaph-openstack/shares'
     assert group.export_dir == '/var/lib/libvirt/scaphandre'
@@ -61,8 +62,8 @@ def test_list_opts():
     [(group, opts)] = nova_conf.list_opts()
     assert group.name == 'scaphandre'
     assert {o.name for o in opts} == {
-        'attach', 'tag', 'work_dir', 'export_dir', 'manage_mounts',
-        'tmpfs_size', 'virtiofsd_path', 'readonly'}
+        'attach', 'honor_image_property', 'tag', 'work_dir', 'export_dir',
+        'manage_mounts', 'tmpfs_size', 'virtiofsd_path', 'readonly'}
 
 
 def test_options_import_neither_nova_nor_agent():
