@@ -18,10 +18,10 @@ import fcntl
 import os
 import subprocess
 
-from scaph_openstack import fileutil
 from scaph_openstack import privsep
 from scaph_openstack.privsep import fs
 from scaph_openstack.share import layout
+from scaph_openstack.share import tree
 
 TMPFS_SOURCE = 'scaph-shares'
 MOUNT_FLAGS = fs.MS_NOSUID | fs.MS_NODEV | fs.MS_NOEXEC
@@ -190,14 +190,6 @@ def _share_dir(parent, name, what):
     return fd
 
 
-def _missing(dir_fd, name):
-    try:
-        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        return False
-    except FileNotFoundError:
-        return True
-
-
 def write_instance_share(work_dir, uuid, with_dram=False,
                          require_tmpfs=True):
     """In this process: the instance's initial tree under ``work_dir``
@@ -208,9 +200,7 @@ def write_instance_share(work_dir, uuid, with_dram=False,
         raise privsep.Refused('with_dram must be true or false, not %r'
                               % (with_dram,))
     privsep.check_path(work_dir, 'work_dir')
-    by_dir = {}
-    for (subdir, name), data in layout.initial_files(uuid, with_dram).items():
-        by_dir.setdefault(subdir, {})[name] = data
+    by_dir = tree.files_by_dir(layout.initial_files(uuid, with_dram))
     parent, root = fs.open_path(work_dir)
     try:
         if require_tmpfs:
@@ -220,14 +210,11 @@ def write_instance_share(work_dir, uuid, with_dram=False,
             fs.require_fs(root, fs.TMPFS_MAGIC, work_dir)
         instance = _share_dir(root, uuid, work_dir)
         try:
-            for subdir, files in sorted(by_dir.items()):
+            for subdir, files in by_dir:
                 fd = (_share_dir(instance, subdir, '%s/%s' % (work_dir, uuid))
                       if subdir else instance)
                 try:
-                    for name, data in files.items():
-                        if _missing(fd, name):
-                            fileutil.replace_at(fd, name, data,
-                                                mode=layout.FILE_MODE)
+                    tree.write_files(fd, files, only_missing=True)
                 finally:
                     if fd != instance:
                         os.close(fd)

@@ -90,16 +90,13 @@ class ShareTree:
         alone (the Nova hook: never lower a counter the agent wrote).
         """
         dirname = layout.instance_dir_name(uuid)
-        by_dir = {}
-        for (subdir, name), data in files.items():
-            by_dir.setdefault(subdir, {})[name] = data
         instance_fd = self._subdir(self._root(), dirname, '')
         try:
-            for subdir, subfiles in sorted(by_dir.items()):
+            for subdir, subfiles in files_by_dir(files):
                 fd = (self._subdir(instance_fd, dirname, subdir) if subdir
                       else instance_fd)
                 try:
-                    _write_files(fd, subfiles, only_missing)
+                    write_files(fd, subfiles, only_missing)
                 finally:
                     if fd != instance_fd:
                         os.close(fd)
@@ -127,7 +124,18 @@ class ShareTree:
         return found
 
 
-def _write_files(dir_fd, files, only_missing):
+def files_by_dir(files):
+    """{(subdir, name): bytes} as [(subdir, {name: bytes})], sorted: the
+    instance directory ('') first, then its zone directories."""
+    by_dir = {}
+    for (subdir, name), data in files.items():
+        by_dir.setdefault(subdir, {})[name] = data
+    return sorted(by_dir.items())
+
+
+def write_files(dir_fd, files, only_missing):
+    """Replace each {name: bytes} in ``dir_fd`` (write-temp + rename);
+    with ``only_missing``, present files (even symlinks) are left alone."""
     for name, data in files.items():
         if only_missing and _exists(dir_fd, name):
             continue
