@@ -6,7 +6,6 @@ software-emulated QEMU guest carrying Nova's metadata, the agent process
 (oslo.service, privsep daemon), its ledger and snapshot on disk.
 """
 
-import os
 import time
 
 import pytest
@@ -14,7 +13,6 @@ import pytest
 from tests.functional import helpers
 from tests.functional.helpers import agent as agent_helper
 from tests.functional.helpers import guest as guest_helper
-from tests.functional.helpers import libvirtd
 from tests.functional.helpers import rapl
 
 PROJECT, USER = 'f1b5c0de-0000-4000-8000-00000000a001', 'alice-uuid'
@@ -22,10 +20,7 @@ PROJECT, USER = 'f1b5c0de-0000-4000-8000-00000000a001', 'alice-uuid'
 
 @pytest.fixture(scope='module')
 def running_guest():
-    helpers.require(os.geteuid() == 0, 'needs root for libvirtd')
-    helpers.require(libvirtd.can_run_guests(),
-                    'cannot run guests: %s' % libvirtd.unavailable_reason())
-    libvirtd.ensure_libvirtd()
+    helpers.require_guests()
     guest = guest_helper.Guest(label='agent')
     guest.xml_kwargs['nova_metadata'] = guest_helper.nova_metadata_xml(
         guest.uuid, 'web-1', PROJECT, 'webteam', USER, 'alice',

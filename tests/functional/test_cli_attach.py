@@ -33,10 +33,7 @@ HUGETLBFS = '/run/scaph-test-hugepages'
 
 @pytest.fixture
 def host(tmp_path):
-    helpers.require(os.geteuid() == 0, 'needs root: libvirtd, privsep')
-    helpers.require(libvirtd.can_run_guests(),
-                    'cannot run guests: %s' % libvirtd.unavailable_reason())
-    libvirtd.ensure_libvirtd()
+    helpers.require_guests('needs root: libvirtd, privsep')
     work, export = str(tmp_path / 'work'), str(tmp_path / 'export')
     config = tmp_path / 'scaph-openstack.conf'
     config.write_text('[share]\nwork_dir = %s\nexport_dir = %s\ntag = %s\n'

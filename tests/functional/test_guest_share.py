@@ -23,7 +23,6 @@ from scaph_openstack.share import tree
 from tests.functional import helpers
 from tests.functional.helpers import agent as agent_helper
 from tests.functional.helpers import guest as guest_helper
-from tests.functional.helpers import libvirtd
 from tests.functional.helpers import privsep_daemon
 from tests.functional.helpers import rapl
 from tests.functional.nova import harness as nova_harness
@@ -64,10 +63,7 @@ class SnapshotWatcher(threading.Thread):
 
 @pytest.fixture
 def agent_with_share(tmp_path):
-    helpers.require(os.geteuid() == 0, 'needs root: mounts and libvirtd')
-    helpers.require(libvirtd.can_run_guests(),
-                    'cannot run guests: %s' % libvirtd.unavailable_reason())
-    libvirtd.ensure_libvirtd()
+    helpers.require_guests('needs root: mounts and libvirtd')
     work, export = str(tmp_path / 'work'), str(tmp_path / 'export')
     sections = {
         'agent': {'interval': 0.5, 'publishers': 'snapshot,share'},

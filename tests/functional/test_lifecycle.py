@@ -33,7 +33,6 @@ from tests.functional import helpers
 from tests.functional.faults import support
 from tests.functional.helpers import agent as agent_helper
 from tests.functional.helpers import guest as guest_helper
-from tests.functional.helpers import libvirtd
 from tests.functional.helpers import rapl
 from scaph_openstack.share import layout
 from scaph_openstack.share import tree
@@ -87,13 +86,7 @@ class LifecycleRig:
 
 @pytest.fixture
 def rig(tmp_path):
-    helpers.require(os.geteuid() == 0, 'needs root: libvirtd and mounts')
-    helpers.require(libvirtd.can_run_guests(), 'cannot run guests: %s'
-                    % libvirtd.unavailable_reason())
-    try:
-        libvirtd.ensure_libvirtd()
-    except (libvirtd.LibvirtdError, OSError) as exc:
-        helpers.require(False, 'libvirtd cannot be started: %s' % exc)
+    helpers.require_guests('needs root: libvirtd and mounts')
     rig = LifecycleRig(tmp_path)
     guests = []
     try:

@@ -13,7 +13,6 @@ package per socket. Three real TCG guests:
 The numbers against a ground truth are tests/accuracy's job.
 """
 
-import os
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -21,7 +20,6 @@ import pytest
 from tests.functional import helpers
 from tests.functional.helpers import agent as agent_helper
 from tests.functional.helpers import guest as guest_helper
-from tests.functional.helpers import libvirtd
 from tests.functional.helpers import rapl
 
 
@@ -42,10 +40,7 @@ def pin(vcpus, cpus, emulator):
 
 @pytest.fixture(scope='module')
 def guests():
-    helpers.require(os.geteuid() == 0, 'needs root for libvirtd')
-    helpers.require(libvirtd.can_run_guests(),
-                    'cannot run guests: %s' % libvirtd.unavailable_reason())
-    libvirtd.ensure_libvirtd()
+    helpers.require_guests()
     made = {
         'spanning': guest_helper.Guest(
             label='spanning', xml_transform=pin(2, [0, 1], 0),

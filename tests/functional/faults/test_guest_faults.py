@@ -129,13 +129,7 @@ class GuestRig:
 
 @pytest.fixture(scope='module')
 def rig(tmp_path_factory):
-    helpers.require(os.geteuid() == 0, 'needs root: libvirtd and mounts')
-    helpers.require(libvirtd.can_run_guests(), 'cannot run guests: %s'
-                    % libvirtd.unavailable_reason())
-    try:
-        libvirtd.ensure_libvirtd()
-    except (libvirtd.LibvirtdError, OSError) as exc:
-        helpers.require(False, 'libvirtd cannot be started: %s' % exc)
+    helpers.require_guests('needs root: libvirtd and mounts')
     rig = GuestRig(tmp_path_factory.mktemp('guest-faults'))
     rig.rapl = support.SteadyRapl(rig.powercap, paused=False)
     try:

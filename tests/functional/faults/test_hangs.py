@@ -56,13 +56,7 @@ SIGTERM_WITHIN_S = 5.0
 
 @pytest.fixture(scope='module')
 def guests():
-    helpers.require(os.geteuid() == 0, 'needs root: libvirtd, SIGSTOP')
-    helpers.require(libvirtd.can_run_guests(), 'cannot run guests: %s'
-                    % libvirtd.unavailable_reason())
-    try:
-        libvirtd.ensure_libvirtd()
-    except (libvirtd.LibvirtdError, OSError) as exc:
-        helpers.require(False, 'libvirtd cannot be started: %s' % exc)
+    helpers.require_guests('needs root: libvirtd, SIGSTOP')
     pair = [guest_helper.Guest(label='hang-' + name,
                                cmdline_params={'load': LOAD})
             for name in ('victim', 'witness')]

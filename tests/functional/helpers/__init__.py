@@ -23,3 +23,16 @@ def require(condition, reason):
         pytest.fail('CI=true and a requirement is not met: %s' % reason,
                     pytrace=False)
     pytest.skip(reason)
+
+
+def require_guests(root_reason='needs root for libvirtd'):
+    """Root, a QEMU that can run guests and a running libvirtd (started if
+    needed), or skip (a failure in CI), with the reason."""
+    from tests.functional.helpers import libvirtd
+    require(os.geteuid() == 0, root_reason)
+    require(libvirtd.can_run_guests(),
+            'cannot run guests: %s' % libvirtd.unavailable_reason())
+    try:
+        libvirtd.ensure_libvirtd()
+    except (libvirtd.LibvirtdError, OSError) as exc:
+        require(False, 'libvirtd cannot be started: %s' % exc)
