@@ -538,6 +538,19 @@ SWAP_FILE = """
 """
 
 
+def read_outcomes(count, zone='intel-rapl:0'):
+    """{what came back, or the exception's class name: how many times}
+    of ``count`` reads of ``zone`` (while an attacker swaps files)."""
+    seen = {}
+    for _ in range(count):
+        try:
+            value = rapl.read_energy_uj(zone)
+        except (privsep.Refused, OSError) as exc:
+            value = type(exc).__name__
+        seen[value] = seen.get(value, 0) + 1
+    return seen
+
+
 def test_energy_uj_swapped_for_a_symlink_in_a_loop(powercap, victim):
     """The file is a regular file at one instant and a symlink to a
     root-only file the next, thousands of times: the secret never comes
@@ -545,14 +558,8 @@ def test_energy_uj_swapped_for_a_symlink_in_a_loop(powercap, victim):
     path = powercap / 'intel-rapl:0' / 'energy_uj'
     attacker = swapper(SWAP_FILE, path, victim / 'intel-rapl:9' / 'energy_uj',
                        COUNTER)
-    seen = {}
     try:
-        for _ in range(SWAPS):
-            try:
-                value = rapl.read_energy_uj('intel-rapl:0')
-            except (privsep.Refused, OSError) as exc:
-                value = type(exc).__name__
-            seen[value] = seen.get(value, 0) + 1
+        seen = read_outcomes(SWAPS)
     finally:
         stop(attacker)
     assert SECRET not in seen
