@@ -172,7 +172,7 @@ class SharePublisher(base.Publisher):
                 now - self._last_scan < ORPHAN_SCAN_INTERVAL_S:
             return
         self._last_scan = now
-        orphans = {name for name, _mtime in self.tree.instances()
+        orphans = {name for name in self.tree.instance_names()
                    if name not in report.instances}
         for name in set(self._orphans) - orphans:
             del self._orphans[name]

@@ -112,16 +112,12 @@ class ShareTree:
         shutil.rmtree(path, ignore_errors=False,
                       onerror=_ignore_missing)
 
-    def instances(self):
-        """(name, mtime) of every instance directory."""
-        found = []
+    def instance_names(self):
+        """The name of every instance directory."""
         with os.scandir(self.root) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False) and \
-                        not entry.name.startswith('.'):
-                    found.append((entry.name,
-                                  entry.stat(follow_symlinks=False).st_mtime))
-        return found
+            return [entry.name for entry in entries
+                    if entry.is_dir(follow_symlinks=False)
+                    and not entry.name.startswith('.')]
 
 
 def files_by_dir(files):
