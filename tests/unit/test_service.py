@@ -437,3 +437,18 @@ def test_sd_notify_abstract_and_missing_sockets():
         sock.close()
     assert not service.sd_notify(None, b'READY=1')
     assert not service.sd_notify('/nonexistent/notify', b'READY=1')
+
+
+@pytest.mark.parametrize('sections,expected', [
+    ({}, 30.0),                                   # 3 x 10 s, the defaults
+    ({'agent': {'interval': 2}, 'snapshot': {'min_interval': 0}}, 30.0),
+    ({'agent': {'interval': 15}}, 45.0),          # 3 x the tick
+    ({'snapshot': {'min_interval': 20}}, 60.0),   # 3 x the write period
+    ({'snapshot': {'min_interval': 0, 'stale_after_min': 0}}, 6.0),
+])
+def test_stale_after_is_a_few_write_periods_never_under_the_floor(
+        tmp_path, sections, expected):
+    """One slow tick must not make readers call the snapshot stale: with
+    2 s ticks written every tick, 3 periods alone would be 6 s."""
+    conf, _ = make_conf(tmp_path, sections)
+    assert service.stale_after_s(conf) == expected

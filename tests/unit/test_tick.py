@@ -295,3 +295,30 @@ def test_instance_cpu_delta():
     assert tick.instance_cpu_delta(None, 500) == 0
     assert tick.instance_cpu_delta(100, 500) == 400
     assert tick.instance_cpu_delta(500, 30) == 30   # domain restarted
+
+
+def test_the_ledger_is_saved_every_300_s_when_nothing_publishes(
+        host, monkeypatch):
+    """A publisher that is never due (or none at all) must not leave the
+    counters unsaved for longer than tick.MAX_UNSAVED_S."""
+    class Never(fakes.RecordingPublisher):
+        name = 'never'
+        min_interval = 10 ** 9
+
+    saves = []
+    original = ledger_mod.Ledger.save
+
+    def save(ledger, path):
+        saves.append(host.clock.now)
+        return original(ledger, path)
+
+    monkeypatch.setattr(ledger_mod.Ledger, 'save', save)
+    host.ticker.publishers = [Never()]
+    host.inventory.set('a', 0)
+    host.advance(0, 0)                       # the first publication
+    start = host.clock.now
+    for _ in range(300):                     # 600 s of 2 s ticks
+        host.advance(2, 100, busy_ns=TICK_NS, cpu={'a': TICK_NS})
+    assert [t - start for t in saves] == [0, 300, 600]
+    on_disk = ledger_mod.Ledger.load(host.ledger_path)
+    assert on_disk.instances['a'].total_uj > 0
