@@ -113,22 +113,25 @@ TRANSIENT = ('%s is a transient domain: it has no persistent definition to '
              'virsh define %s.xml), then run %s again')
 
 
-def _domain(args, conf):
+class TransientDomain(Exception):
+    pass
+
+
+def _persistent_domain(args, conf):
+    """(connection, domain) of ``args.domain``; TransientDomain (nothing
+    left open) for a domain without a persistent definition: defineXML
+    on it would silently make it persistent."""
     import libvirt
     connection = libvirt.open(args.uri or conf.libvirt.connection_uri)
     try:
-        return connection, connection.lookupByName(args.domain)
-    except libvirt.libvirtError:
+        domain = connection.lookupByName(args.domain)
+        if not domain.isPersistent():
+            raise TransientDomain(
+                TRANSIENT % ((args.domain,) * 4 + (args.command,)))
+    except (libvirt.libvirtError, TransientDomain):
         connection.close()
         raise
-
-
-def _refuse_transient(args, domain):
-    """The error message for a domain without a persistent definition:
-    defineXML on it would silently make it persistent."""
-    if domain.isPersistent():
-        return None
-    return TRANSIENT % ((args.domain,) * 4 + (args.command,))
+    return connection, domain
 
 
 def cmd_attach(args, out=sys.stdout):
@@ -141,13 +144,10 @@ def cmd_attach(args, out=sys.stdout):
     from scaph_openstack.share import layout
     conf = _load_conf(args)
     try:
-        connection, domain = _domain(args, conf)
-    except libvirt.libvirtError as exc:
+        connection, domain = _persistent_domain(args, conf)
+    except (libvirt.libvirtError, TransientDomain) as exc:
         return _fail(exc)
     try:
-        refusal = _refuse_transient(args, domain)
-        if refusal:
-            return _fail(refusal)
         xml = domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
         uuid = domain_xml.domain_uuid(xml)
         source = '%s/%s' % (conf.share.export_dir.rstrip('/'),
@@ -180,13 +180,10 @@ def cmd_detach(args, out=sys.stdout):
     from scaph_openstack.share import domain_xml
     conf = _load_conf(args)
     try:
-        connection, domain = _domain(args, conf)
-    except libvirt.libvirtError as exc:
+        connection, domain = _persistent_domain(args, conf)
+    except (libvirt.libvirtError, TransientDomain) as exc:
         return _fail(exc)
     try:
-        refusal = _refuse_transient(args, domain)
-        if refusal:
-            return _fail(refusal)
         new_xml, changed = domain_xml.detach(
             domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), conf.share.tag)
         if changed:

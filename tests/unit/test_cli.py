@@ -101,8 +101,9 @@ def host(monkeypatch, tmp_path):
     monkeypatch.setattr(cli, '_load_conf',
                         lambda args: load_conf(args, cfg.ConfigOpts()))
     monkeypatch.setattr(privsep, 'start_if_root', lambda: None)
-    monkeypatch.setattr(cli, '_domain',
-                        lambda args, conf: (state.connection, state.domain))
+    # Looked up on each call: tests replace state.domain.
+    state.connection.lookupByName = lambda name: state.domain
+    monkeypatch.setattr(libvirt, 'open', lambda uri: state.connection)
     # the uuid; the privsep daemon takes work_dir from its own [share]
     monkeypatch.setattr(mounts, 'create_instance_share',
                         lambda *args, **kw: state.shares.append(args[-1]))
