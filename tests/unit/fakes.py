@@ -3,9 +3,23 @@ libvirtd and real guests."""
 
 import errno
 
+import libvirt
+
 from scaph_openstack.inventory import base
 from scaph_openstack.inventory import topology
 from scaph_openstack import report as report_mod
+
+
+def libvirt_error(message, err=None):
+    """A libvirtError that says ``message``. libvirt-python takes the text
+    of the calling thread's last libvirt error when there is one, so an
+    earlier test that failed to connect would otherwise change what this
+    one says (it did, in CI)."""
+    libvirt.virResetLastError()
+    error = libvirt.libvirtError(message)
+    if err is not None:
+        error.err = err
+    return error
 
 
 class Clock:

@@ -14,6 +14,7 @@ from scaph_openstack import privsep
 from scaph_openstack import snapshot
 from scaph_openstack.privsep import mounts
 from scaph_openstack.share import domain_xml
+from tests.unit import fakes
 from tests.unit import test_domain_xml
 from tests.unit import test_snapshot
 
@@ -153,7 +154,7 @@ def test_attach_refusal_by_the_xml_leaves_no_share(host, capsys):
 
 def test_attach_libvirt_refusal_is_reported(host, capsys):
     def refuse(xml):
-        raise libvirt.libvirtError("'virtiofs' requires shared memory")
+        raise fakes.libvirt_error("'virtiofs' requires shared memory")
     host.connection.defineXML = refuse
     code, _ = host.run(['attach', 'seed'])
     err = capsys.readouterr().err

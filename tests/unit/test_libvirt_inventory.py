@@ -10,6 +10,7 @@ import pytest
 
 from scaph_openstack.inventory import base
 from scaph_openstack.inventory import libvirt as libvirt_inventory
+from tests.unit import fakes
 
 XML = """<domain><name>%s</name><uuid>%s</uuid>%s</domain>"""
 ONE_VCPU = '<vcpu>1</vcpu>'
@@ -21,10 +22,10 @@ TIMEOUT = 0.1
 
 
 def no_domain():
-    error = libvirt.libvirtError('Domain not found')
-    error.err = (libvirt.VIR_ERR_NO_DOMAIN, 0, 'Domain not found', 0, '',
-                 None, None, 0, 0)
-    return error
+    return fakes.libvirt_error(
+        'Domain not found',
+        (libvirt.VIR_ERR_NO_DOMAIN, 0, 'Domain not found', 0, '', None,
+         None, 0, 0))
 
 
 class Domain:
@@ -54,7 +55,7 @@ class Domain:
     def vcpus(self):
         self.vcpu_reads += 1
         if self.vcpu_ns is None:
-            raise libvirt.libvirtError('domain is not running')
+            raise fakes.libvirt_error('domain is not running')
         return ([(n, 1, ns, n) for n, ns in enumerate(self.vcpu_ns)],
                 [(True,)] * len(self.vcpu_ns))
 
@@ -359,7 +360,7 @@ def test_close_closes_an_idle_connection():
 
 
 def test_an_outage_is_logged_once_and_its_end_once(caplog):
-    refused = libvirt.libvirtError('Connection refused')
+    refused = fakes.libvirt_error('Connection refused')
     conn = Connection([record(Domain('a'))])
     inv, _ = inventory(refused, refused, refused, conn, reconnect_min=0.01,
                        reconnect_max=0.01)
