@@ -477,6 +477,16 @@ def process_state(pid):
         return None
 
 
+def status_number(pid, field):
+    """The number after ``field:`` in /proc/PID/status (Threads, VmRSS in
+    KiB...), or 0 when the line is missing."""
+    with open('/proc/%d/status' % pid) as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1])
+    return 0
+
+
 def temporaries_in(directories):
     """replace_at() temporaries in these directories (relative names)."""
     found = []

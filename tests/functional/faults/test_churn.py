@@ -72,14 +72,6 @@ def used_kib(path):
     return (stat.f_blocks - stat.f_bfree) * stat.f_frsize // 1024
 
 
-def rss_kib(pid):
-    with open('/proc/%d/status' % pid) as f:
-        for line in f:
-            if line.startswith('VmRSS:'):
-                return int(line.split()[1])
-    return 0
-
-
 @pytest.fixture
 def churn_rig(tmp_path):
     helpers.require(os.geteuid() == 0, 'needs root: the share tmpfs mounts')
@@ -113,7 +105,7 @@ def test_thousand_create_delete_cycles_leak_nothing(churn_rig, tmp_path,
     support.wait_snapshot(agent.snapshot_path, newer_than=started,
                           timeout=60, agent=agent)
     worker = support.worker_pid(agent)
-    rss_start = rss_kib(worker)
+    rss_start = support.status_number(worker, 'VmRSS')
     checker = RetentionChecker(agent.snapshot_path)
     checker.start()
     created, previous, pid, per_dir = [], [], 1000, 0
@@ -153,7 +145,7 @@ def test_thousand_create_delete_cycles_leak_nothing(churn_rig, tmp_path,
     finally:
         checker.stop.set()
         checker.join(5)
-    rss_end = rss_kib(worker)
+    rss_end = support.status_number(worker, 'VmRSS')
     same_worker = support.worker_pid(agent) == worker
     ledger = support.read_json(os.path.join(
         agent.sections['agent']['state_dir'], 'ledger.json'))

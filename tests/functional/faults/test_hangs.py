@@ -76,14 +76,6 @@ def qemu_pid(guest):
         return int(f.read().strip())
 
 
-def thread_count(pid):
-    with open('/proc/%d/status' % pid) as f:
-        for line in f:
-            if line.startswith('Threads:'):
-                return int(line.split()[1])
-    return 0
-
-
 def set_watts(rapl, zone, watts):
     with rapl._lock:
         rapl.watts[zone] = watts
@@ -209,14 +201,14 @@ class HangRig:
     def stall(self, pid):
         """SIGSTOP ``pid`` for STALL_S (the package power changes half
         way); (stopped at, resumed at, worker threads before, after)."""
-        threads = thread_count(self.worker)
+        threads = support.status_number(self.worker, 'Threads')
         os.kill(pid, signal.SIGSTOP)
         stopped = time.time()
         try:
             time.sleep(STALL_S / 2)
             set_watts(self.rapl, 'intel-rapl:0', STALL_WATTS)
             time.sleep(STALL_S / 2)
-            threads_after = thread_count(self.worker)
+            threads_after = support.status_number(self.worker, 'Threads')
         finally:
             os.kill(pid, signal.SIGCONT)
             set_watts(self.rapl, 'intel-rapl:0', WATTS['intel-rapl:0'])
