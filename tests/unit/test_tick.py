@@ -241,10 +241,9 @@ class Paced(fakes.RecordingPublisher):
     min_interval = 10.0
 
 
-def test_ledger_is_saved_only_when_a_publisher_exposes_values(
-        host, monkeypatch):
-    """Ticks every 2 s, a publisher every 10 s: one save per publication
-    (not per tick), and every published value is on disk."""
+@pytest.fixture
+def ledger_saves(host, monkeypatch):
+    """The host clock's time at each Ledger.save, which still writes."""
     saves = []
     original = ledger_mod.Ledger.save
 
@@ -253,6 +252,13 @@ def test_ledger_is_saved_only_when_a_publisher_exposes_values(
         return original(ledger, path)
 
     monkeypatch.setattr(ledger_mod.Ledger, 'save', save)
+    return saves
+
+
+def test_ledger_is_saved_only_when_a_publisher_exposes_values(
+        host, ledger_saves):
+    """Ticks every 2 s, a publisher every 10 s: one save per publication
+    (not per tick), and every published value is on disk."""
     paced = Paced()
     host.ticker.publishers = [paced]
     host.inventory.set('a', 0)
@@ -263,7 +269,7 @@ def test_ledger_is_saved_only_when_a_publisher_exposes_values(
         on_disk = ledger_mod.Ledger.load(host.ledger_path)
         published = paced.totals[-1]['a']
         assert on_disk.instances['a'].total_uj == published
-    assert len(saves) == len(paced.reports) == 4   # t=0, 10, 20, 30
+    assert len(ledger_saves) == len(paced.reports) == 4   # t=0, 10, 20, 30
     assert host.ticker.ledger.instances['a'].total_uj > published
 
 
@@ -298,27 +304,19 @@ def test_instance_cpu_delta():
 
 
 def test_the_ledger_is_saved_every_300_s_when_nothing_publishes(
-        host, monkeypatch):
+        host, ledger_saves):
     """A publisher that is never due (or none at all) must not leave the
     counters unsaved for longer than tick.MAX_UNSAVED_S."""
     class Never(fakes.RecordingPublisher):
         name = 'never'
         min_interval = 10 ** 9
 
-    saves = []
-    original = ledger_mod.Ledger.save
-
-    def save(ledger, path):
-        saves.append(host.clock.now)
-        return original(ledger, path)
-
-    monkeypatch.setattr(ledger_mod.Ledger, 'save', save)
     host.ticker.publishers = [Never()]
     host.inventory.set('a', 0)
     host.advance(0, 0)                       # the first publication
     start = host.clock.now
     for _ in range(300):                     # 600 s of 2 s ticks
         host.advance(2, 100, busy_ns=TICK_NS, cpu={'a': TICK_NS})
-    assert [t - start for t in saves] == [0, 300, 600]
+    assert [t - start for t in ledger_saves] == [0, 300, 600]
     on_disk = ledger_mod.Ledger.load(host.ledger_path)
     assert on_disk.instances['a'].total_uj > 0
