@@ -1,16 +1,19 @@
-"""Atomic file replacement relative to a directory file descriptor.
+"""File updates relative to a directory file descriptor.
 
-Every file a reader may look at (share, snapshot, ledger) is replaced by
-write-to-temp + rename, so a reader sees the old or the new content, never
-a torn or empty file. Names are resolved inside an already opened
-directory with O_NOFOLLOW, so a symlink planted in the tree is never
-followed.
+The snapshot and the ledger are replaced by write-to-temp + rename
+(``replace_at``), so a reader sees the old or the new content, never a torn
+or empty file. Share files are updated in place (``update_at``): a guest
+that looked a file up holds its inode, and virtiofsd migrates only inodes
+that still have a path (doc/share.md, "Update protocol"). Names are
+resolved inside an already opened directory with O_NOFOLLOW, so a symlink
+planted in the tree is never followed.
 """
 
 import contextlib
 import itertools
 import os
 import re
+import stat
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -73,6 +76,58 @@ def replace_at(dir_fd, name, data, mode=0o644, fsync=False, gid=None):
         raise
     if fsync:
         os.fsync(dir_fd)
+
+
+# O_NONBLOCK: a FIFO planted in the tree fails (ENXIO) instead of blocking.
+_UPDATE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+def update_at(dir_fd, name, data, mode=0o644, pad=None):
+    """Make ``name`` in ``dir_fd`` hold ``data``, keeping its inode.
+
+    The new bytes are written over the old from offset 0 with one
+    pwrite, without truncating first, so a reader never sees an empty
+    file. That needs ``data`` at least as long as the file: a counter that
+    only grows always is; ``pad`` (one byte, e.g. b' ' for JSON) fills a
+    shorter ``data`` up to the old length. Anything else (no such file, a
+    shorter content without ``pad``, something that is not one plain file
+    with one link, a write refused) is left to ``replace_at``: a new
+    inode, but the right content. Returns True when written in place.
+    """
+    try:
+        fd = os.open(name, _UPDATE_FLAGS, dir_fd=dir_fd)
+    except OSError:
+        # Missing, a symlink (ELOOP), a FIFO without reader (ENXIO), not
+        # writable: a fresh file is the answer to each.
+        replace_at(dir_fd, name, data, mode=mode)
+        return False
+    try:
+        st = os.fstat(fd)
+        if len(data) < st.st_size and pad is not None:
+            data = data + pad * (st.st_size - len(data))
+        # A hard link would carry the write to another name; a file that
+        # shrinks would keep a tail of the old content.
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or \
+                len(data) < st.st_size:
+            in_place = False
+        else:
+            _pwrite_all(fd, data)
+            if stat.S_IMODE(st.st_mode) != mode:
+                os.fchmod(fd, mode)
+            in_place = True
+    finally:
+        os.close(fd)
+    if not in_place:
+        replace_at(dir_fd, name, data, mode=mode)
+    return in_place
+
+
+def _pwrite_all(fd, data):
+    # A share file is one page of tmpfs: one pwrite writes it all or,
+    # failing to allocate, nothing (the error propagates).
+    view, offset = memoryview(data), 0
+    while offset < len(view):
+        offset += os.pwrite(fd, view[offset:], offset)
 
 
 def replace_file(path, data, mode=0o644, fsync=True, gid=None):

@@ -95,6 +95,13 @@ def meta_document(uuid, updated, update_interval_s, source, model,
     }
 
 
+def padding(name):
+    """The byte that may fill a file's new content up to its old length,
+    so that it is updated in place (fileutil.update_at): white space for
+    the JSON meta file, nothing for numbers (a counter only grows)."""
+    return b' ' if name == META_FILE else None
+
+
 def meta_file(document):
     return json.dumps(document, sort_keys=True).encode() + b'\n'
 

@@ -1,10 +1,13 @@
 """Writes instance trees under the read-write share root, safely.
 
-Nothing is ever read back from a share (doc/design.md, Facts 5); every
-file is replaced with write-temp-then-rename relative to directory file
-descriptors opened with O_NOFOLLOW, so a symlink planted in the tree
-(which the read-only export should already make impossible) is never
-followed. Files are 0444 and directories 0555: the agent writes as root.
+Nothing is ever read back from a share (doc/design.md, Facts 5). Files
+are updated in place (fileutil.update_at), keeping the inode a guest
+looked up: virtiofsd can migrate a guest's open inodes only while they
+have a path (doc/share.md, "Update protocol"). Everything is resolved
+relative to directory file descriptors opened with O_NOFOLLOW, so a
+symlink planted in the tree (which the read-only export should already
+make impossible) is never followed. Files are 0444 and directories 0555:
+the agent writes as root.
 """
 
 import errno
@@ -130,12 +133,13 @@ def files_by_dir(files):
 
 
 def write_files(dir_fd, files, only_missing):
-    """Replace each {name: bytes} in ``dir_fd`` (write-temp + rename);
+    """Write each {name: bytes} in ``dir_fd`` in place (the inode stays);
     with ``only_missing``, present files (even symlinks) are left alone."""
     for name, data in files.items():
         if only_missing and _exists(dir_fd, name):
             continue
-        fileutil.replace_at(dir_fd, name, data, mode=layout.FILE_MODE)
+        fileutil.update_at(dir_fd, name, data, mode=layout.FILE_MODE,
+                           pad=layout.padding(name))
 
 
 def _exists(dir_fd, name):
