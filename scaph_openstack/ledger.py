@@ -71,6 +71,14 @@ class InstanceRecord:
     # defined it: what [agent] retention is compared with. A wall-clock
     # "last seen" would let an NTP step delete live counters.
     absent_s: float = 0.0
+    # Energy carried in from other hosts (handoff.py), per kind: what is
+    # published is energy_uj by kind plus this. Never part of this host's
+    # conservation, which is energy_uj's alone.
+    carried_uj: dict[str, int] = dataclasses.field(default_factory=dict)
+    start_token: str = ''      # the last start applied
+    # While the instance leaves this host: the published values, frozen.
+    held_uj: dict[str, int] | None = None
+    held_token: str = ''
     # Bumped on every change; not persisted. The report reuses the totals
     # of records that did not change (report.ReportBuilder).
     version: int = dataclasses.field(default=0, compare=False)
@@ -88,6 +96,52 @@ class InstanceRecord:
 
     def idle_kind_totals(self):
         return by_kind(self.idle_uj)
+
+    def published_kind_totals(self):
+        """{kind: µJ} as published: this host's energy plus what was
+        carried in, no more than the frozen values while held."""
+        kinds = self.kind_totals()
+        for kind, uj in self.carried_uj.items():
+            kinds[kind] = kinds.get(kind, 0) + uj
+        if self.held_uj is not None:
+            kinds = {kind: min(uj, self.held_uj.get(kind, uj))
+                     for kind, uj in kinds.items()}
+        return kinds
+
+    def apply_start(self, token, energy_uj):
+        """Publish at least ``energy_uj`` ({kind: µJ}, carried from
+        another host) from now on; once per token. True if applied."""
+        if token == self.start_token:
+            return False
+        kinds = self.kind_totals()
+        for kind, uj in energy_uj.items():
+            if kind in ADDITIVE_KINDS:
+                self.carried_uj[kind] = max(self.carried_uj.get(kind, 0),
+                                            uj - kinds.get(kind, 0))
+        self.start_token = token
+        self.version += 1
+        return True
+
+    def hold(self, token):
+        """Freeze the published values (once per token); them."""
+        if token != self.held_token or self.held_uj is None:
+            self.held_uj = {kind: uj for kind, uj
+                            in self.published_kind_totals().items()
+                            if kind in ADDITIVE_KINDS}
+            self.held_token = token
+            self.version += 1
+        return dict(self.held_uj)
+
+    def release(self):
+        """Publish again what grows. Only for an instance still defined
+        here: one that left keeps its frozen values, or this host would
+        publish the energy of the migration window that the destination
+        did not carry."""
+        if self.held_uj is None or self.state == STATE_UNDEFINED:
+            return False
+        self.held_uj, self.held_token = None, ''
+        self.version += 1
+        return True
 
     def reset_counters(self):
         self.energy_uj, self.idle_uj, self.power_w = {}, {}, 0.0
@@ -249,7 +303,9 @@ class Ledger:
                 'energy_uj': r.energy_uj, 'first_seen': r.first_seen,
                 'last_seen': r.last_seen, 'power_w': r.power_w,
                 'state': r.state, 'absent_s': r.absent_s,
-                'idle_uj': r.idle_uj, 'placement': r.placement}
+                'idle_uj': r.idle_uj, 'placement': r.placement,
+                'carried_uj': r.carried_uj, 'start_token': r.start_token,
+                'held_uj': r.held_uj, 'held_token': r.held_token}
 
     def to_dict(self):
         doc = self._header()

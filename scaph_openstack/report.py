@@ -103,7 +103,10 @@ class Report:
 
 
 def instance_totals(record):
-    kinds = record.kind_totals()
+    # Published totals: with energy carried from other hosts, frozen
+    # while the instance leaves (handoff.py). energy_uj per zone stays
+    # this host's own.
+    kinds = record.published_kind_totals()
     idle_kinds = record.idle_kind_totals()
     return InstanceTotals(
         identity=record.identity, state=record.state,

@@ -36,6 +36,7 @@ from oslo_privsep import capabilities as privsep_caps  # noqa: E402
 from oslo_service import loopingcall  # noqa: E402
 from oslo_service import service  # noqa: E402
 
+from scaph_openstack.agent import handoffs  # noqa: E402
 from scaph_openstack.agent import plugins  # noqa: E402
 from scaph_openstack.agent import tick  # noqa: E402
 from scaph_openstack import conf as scaph_conf  # noqa: E402
@@ -377,7 +378,9 @@ def build_ticker(conf):
         retention_s=conf.agent.retention,
         proc_stat_path=conf.agent.proc_stat_path,
         topology=topology.read_topology(conf.agent.cpu_topology_path),
-        max_zone_power_w=conf.energy.max_zone_power)
+        max_zone_power_w=conf.energy.max_zone_power,
+        handoff_desk=handoffs.HandoffDesk(conf.share.work_dir,
+                                          conf.share.resolution_uj))
 
 
 class AgentService(service.Service):

@@ -113,7 +113,8 @@ class Ticker:
                  ledger_path, host, configured_interval_s, stale_after_s,
                  retention_s, proc_stat_path='/proc/stat',
                  clock=time.monotonic, wallclock=time.time, topology=None,
-                 max_zone_power_w=energy_base.DEFAULT_MAX_ZONE_POWER_W):
+                 max_zone_power_w=energy_base.DEFAULT_MAX_ZONE_POWER_W,
+                 handoff_desk=None):
         self.energy = energy
         self.inventory = inventory
         self.attribution = attribution
@@ -130,6 +131,8 @@ class Ticker:
         self.topology = dict(topology or {})
         self.socket_cpus = socket_cpus(self.topology)
         self.max_zone_power_w = max_zone_power_w
+        # Counters carried between hosts (agent/handoffs.py); None: none.
+        self.handoff_desk = handoff_desk
         self.baseline = None
         self.source = None
         self.states = statelog.StateLog(LOG)
@@ -367,11 +370,13 @@ class Ticker:
                              placements)
         expired = self.ledger.expire(interval, self.retention_s)
         self._expired.extend(expired)
+        handed, answers = self._handoffs(expired)
         self.baseline = self._next_baseline(now, host_cpu, instances)
         self.ledger.attribution_state = self.attribution.state()
         self.last_splits = splits
         self._dirty = True
-        changed = self._presence_changed(present) or bool(expired)
+        changed = (self._presence_changed(present) or bool(expired) or
+                   handed)
         due = self._due_publishers(now, force=changed)
         if not due:
             if self._saved_at is None or now - self._saved_at >= \
@@ -380,6 +385,10 @@ class Ticker:
             return None
         if not self.persist(now):
             return None
+        # Nova carries what a hold froze to another host: only once the
+        # disk has it, or a restart here could publish more.
+        if self.handoff_desk is not None:
+            self.handoff_desk.answer(answers)
         report = self._builder.build(
             self.ledger, host=self.host, time=wall, interval_s=interval,
             configured_interval_s=self.configured_interval_s,
@@ -392,6 +401,18 @@ class Ticker:
         self._publish(report, due, now)
         freeze_long_lived_objects()
         return report
+
+    def _handoffs(self, expired):
+        """(changed, answers) of the handoff directory; (False, [])
+        without one. A failure there must not stop the counting."""
+        if self.handoff_desk is None:
+            return False, []
+        self.handoff_desk.forget(expired)
+        try:
+            return self.handoff_desk.process(self.ledger)
+        except Exception as exc:
+            self.states.failed('handoff', 'Handoff directory: %s', exc)
+            return False, []
 
     def _presence_changed(self, present):
         """Did an instance come, go or change state since the last tick?
