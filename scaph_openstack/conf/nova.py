@@ -108,6 +108,14 @@ OPTS = [
              'read-only bind mount. <readonly/> adds the same refusal '
              'inside virtiofsd; libvirt before 11.0 rejects it ("virtiofs '
              'does not yet support read-only mode").'),
+    cfg.FloatOpt(
+        'handoff_timeout', default=10.0, min=0.0,
+        help='Seconds to wait, before an instance leaves this host (live '
+             'or cold migration, resize, shelve, stop), for the agent to '
+             'freeze its counters and say their values, which the '
+             'instance\'s system metadata carries to the next host. Past '
+             'it the operation goes on and the next host continues from '
+             'the last values recorded (doc/nova.md).'),
 ]
 
 

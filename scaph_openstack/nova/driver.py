@@ -17,10 +17,17 @@ Victoria, so the driver subclasses LibvirtDriver and overrides:
   runs, because libvirt refuses to start a domain whose virtiofs source
   does not exist;
 - ``check_can_live_migrate_destination`` (and, as a backstop,
-  ``check_can_live_migrate_source``) and ``suspend``: libvirt cannot
-  migrate or save a domain with a virtiofs device, so both are refused up
-  front, cleanly, instead of failing half-way; the live migration with an
-  error the conductor does not retry on other hosts (doc/nova.md);
+  ``check_can_live_migrate_source``) and ``suspend``: allowed where this
+  host can migrate a virtiofs device (libvirt 10.5 or later and a
+  virtiofsd that says ``migrate-precopy``: Debian 13), refused up front,
+  cleanly, elsewhere (Debian 12), instead of failing half-way; the live
+  migration with an error the conductor does not retry on other hosts;
+- counters that follow the instance (scaph_openstack/handoff.py): before
+  it leaves a host (live or cold migration, resize, shelve, stop), the
+  agent freezes its counters and their values go into the instance's
+  system metadata; before a domain of it starts elsewhere
+  (``pre_live_migration``, ``_create_guest``), that host's share and
+  agent continue from them (doc/nova.md);
 - ``_build_share_metadata``: Nova's device metadata knows only Manila
   shares; the energy share is not one and is skipped without Nova's
   warning.
@@ -29,19 +36,26 @@ From scaph-openstack, only its options (conf.nova), the share layout and
 the privsep helpers are imported, never the agent (doc/design.md, Facts 6).
 """
 
+import json
 import os
+import subprocess
+import time
+import uuid as uuidlib
 
 from lxml import etree
 from oslo_log import log as logging
 from oslo_utils import strutils
 
 from nova import conf as nova_conf
+from nova.compute import task_states
 from nova import exception
 from nova.i18n import _
+from nova import objects
 from nova.virt.libvirt import config as vconfig
 from nova.virt.libvirt import driver as libvirt_driver
 
 from scaph_openstack.conf import nova as scaph_conf
+from scaph_openstack import handoff
 from scaph_openstack.privsep import mounts
 from scaph_openstack.share import layout
 
@@ -73,6 +87,21 @@ SYSMETA_ATTACHED_KEY = 'scaphandre_share_attached'
 # machines run, rejects it: "virtiofs does not yet support read-only mode"
 # (doc/design.md, Facts 2).
 MIN_LIBVIRT_VIRTIOFS_READONLY = (11, 0, 0)
+
+# The counters the instance had when it last left a host (handoff.py's
+# Counters as JSON), carried to the next one. Not an image key either.
+SYSMETA_COUNTERS_KEY = 'scaphandre_counters'
+
+# libvirt migrates (and saves) a domain with a virtiofs device from 10.5.0
+# when virtiofsd says "migrate-precopy" to --print-capabilities
+# (qemuMigrationSrcIsAllowed); QEMU 8.2 or later carries virtiofsd's state
+# in the migration stream (doc/nova.md, "Live migration and suspend").
+MIN_LIBVIRT_VIRTIOFS_MIGRATION = (10, 5, 0)
+MIGRATE_PRECOPY = 'migrate-precopy'
+# Where libvirt looks for virtiofsd when the XML names none: QEMU's
+# vhost-user descriptors, a file in /etc replacing one of the same name.
+VHOST_USER_DIRS = ('/usr/share/qemu/vhost-user', '/etc/qemu/vhost-user')
+HANDOFF_POLL_S = 0.2
 
 VIRT_TYPES = ('kvm', 'qemu')  # virtiofs is a QEMU vhost-user device
 
@@ -126,6 +155,43 @@ class MemfdMemoryBacking(vconfig.LibvirtConfigGuestMemoryBacking):
             else:
                 root.append(source)
         return root
+
+
+def virtiofsd_from_descriptors(dirs=VHOST_USER_DIRS):
+    """The virtiofsd binaries libvirt would try, in its order."""
+    files = {}
+    for directory in dirs:
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            continue
+        for name in names:
+            if name.endswith('.json'):
+                files[name] = os.path.join(directory, name)
+    binaries = []
+    for name in sorted(files):
+        try:
+            with open(files[name]) as f:
+                doc = json.load(f)
+        except (OSError, ValueError):
+            continue      # an empty file in /etc masks the packaged one
+        if isinstance(doc, dict) and doc.get('type') == 'fs' and \
+                isinstance(doc.get('binary'), str):
+            binaries.append(doc['binary'])
+    return binaries
+
+
+def virtiofsd_features(binary, timeout=10):
+    """What ``binary --print-capabilities`` says, as libvirt asks it; an
+    empty set when it cannot say (Debian 12's C virtiofsd)."""
+    try:
+        result = subprocess.run([binary, '--print-capabilities'],
+                                capture_output=True, timeout=timeout)
+        doc = json.loads(result.stdout)
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return frozenset()
+    features = doc.get('features') if isinstance(doc, dict) else None
+    return frozenset(f for f in features or () if isinstance(f, str))
 
 
 def export_path(uuid):
@@ -245,6 +311,8 @@ def is_energy_share(dev):
 class LibvirtDriver(libvirt_driver.LibvirtDriver):
     """``compute_driver = scaphandre.LibvirtDriver``"""
 
+    _share_migration = None     # (bool, why not), probed once
+
     # -- which guests get the share, and its XML --
 
     def _wants_share(self, instance):
@@ -329,8 +397,79 @@ class LibvirtDriver(libvirt_driver.LibvirtDriver):
     def _create_guest(self, context, xml, instance, *args, **kwargs):
         if xml and share_devices(xml, instance.uuid):
             self._ensure_share(instance)
+            # The domain runs here again: a hold this host took when it
+            # stopped ends, and counters carried from elsewhere apply.
+            self._release_counters(instance)
+            self._offer_counters(instance,
+                                 instance.system_metadata.get(
+                                     SYSMETA_COUNTERS_KEY))
         return super()._create_guest(context, xml, instance, *args,
                                      **kwargs)
+
+    # -- counters that follow the instance (handoff.py) --
+
+    def _record_counters(self, instance):
+        """Freeze the instance's counters here and put their values in
+        its system metadata (saved by the caller's compute manager, or
+        by ``save``); never fails the operation."""
+        token = uuidlib.uuid4().hex
+        try:
+            mounts.hold_counters(instance.uuid, token)
+            answer = self._wait_held(instance, token)
+        except Exception as exc:
+            LOG.warning('Could not hold the energy counters (%s); the next '
+                        'host continues from the last values recorded',
+                        exc, instance=instance)
+            return None
+        if answer is None:
+            LOG.warning('The scaph-openstack agent did not answer within '
+                        '%.0f s; the next host continues from the last '
+                        'values recorded', CONF.scaphandre.handoff_timeout,
+                        instance=instance)
+            return None
+        counters = answer.at_least(self._carried(instance))
+        instance.system_metadata[SYSMETA_COUNTERS_KEY] = json.dumps(
+            counters.as_dict(), sort_keys=True)
+        return counters
+
+    def _wait_held(self, instance, token):
+        deadline = time.monotonic() + CONF.scaphandre.handoff_timeout
+        while True:
+            doc = mounts.held_counters(instance.uuid, token)
+            if doc is not None:
+                return handoff.Counters.from_dict(doc)
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(HANDOFF_POLL_S)
+
+    @staticmethod
+    def _carried(instance):
+        recorded = instance.system_metadata.get(SYSMETA_COUNTERS_KEY)
+        if not recorded:
+            return None
+        try:
+            return handoff.Counters.from_dict(json.loads(recorded))
+        except (ValueError, handoff.HandoffError) as exc:
+            LOG.warning('Ignoring unusable %s: %s', SYSMETA_COUNTERS_KEY,
+                        exc, instance=instance)
+            return None
+
+    def _offer_counters(self, instance, recorded):
+        if not recorded:
+            return
+        try:
+            mounts.start_counters(instance.uuid, json.loads(recorded))
+        except Exception as exc:
+            LOG.warning('Could not carry the energy counters here (%s): '
+                        'they start from this host\'s own', exc,
+                        instance=instance)
+
+    def _release_counters(self, instance):
+        try:
+            mounts.release_counters(instance.uuid)
+        except Exception as exc:
+            LOG.warning('Could not release the energy counters: %s', exc,
+                        instance=instance)
 
     # -- what libvirt cannot do with a virtiofs device --
 
@@ -351,48 +490,140 @@ class LibvirtDriver(libvirt_driver.LibvirtDriver):
             return strutils.bool_from_string(recorded)
         return self._wants_share(instance)
 
+    def _probe_share_migration(self):
+        """(True, '') where libvirt and virtiofsd here can migrate and
+        save a domain with the share, else (False, why)."""
+        if not self._host.has_min_version(
+                lv_ver=MIN_LIBVIRT_VIRTIOFS_MIGRATION):
+            return False, _('libvirt on %s is older than %s') % (
+                CONF.host, '.'.join(map(str, MIN_LIBVIRT_VIRTIOFS_MIGRATION)))
+        binaries = ([CONF.scaphandre.virtiofsd_path]
+                    if CONF.scaphandre.virtiofsd_path
+                    else virtiofsd_from_descriptors())
+        for binary in binaries:
+            if MIGRATE_PRECOPY in virtiofsd_features(binary):
+                return True, ''
+        return False, _('virtiofsd on %(host)s (%(binaries)s) does not say '
+                        '%(feature)s') % {
+            'host': CONF.host, 'binaries': ', '.join(binaries) or 'none',
+            'feature': MIGRATE_PRECOPY}
+
+    def _share_migratable(self):
+        if self._share_migration is None:
+            self._share_migration = self._probe_share_migration()
+            LOG.info('scaph-openstack share: live migration and suspend '
+                     '%s', 'allowed' if self._share_migration[0] else
+                     'refused (%s)' % self._share_migration[1])
+        return self._share_migration
+
+    def _refusal(self, instance, why):
+        return _('instance %(uuid)s has the scaph-openstack energy share, '
+                 'a virtiofs device, which cannot be live migrated here: '
+                 '%(why)s. Cold migrate it instead (migrate or resize), '
+                 'which recreates the share on the destination') % {
+            'uuid': instance.uuid, 'why': why}
+
     # Runs on the destination, first of the per-host checks. The conductor
     # (LiveMigrationTask._find_destination) tries the next host on Invalid
     # or MigrationPreCheckError, and the destination's compute manager
     # wraps whatever the source's check raises into MigrationPreCheckError,
     # so only a refusal from here can end the request: NoValidHost, which
     # the conductor passes on (migration 'error', instance left ACTIVE on
-    # its host, the scheduler's claim on this host given back).
+    # its host, the scheduler's claim on this host given back). Hosts of
+    # one cloud run one stack, so a refusal here is one everywhere.
     def check_can_live_migrate_destination(self, context, instance,
                                            *args, **kwargs):
         if self._recorded_share(instance):
-            raise exception.NoValidHost(reason=_(
-                'instance %s has the scaph-openstack energy share, a '
-                'virtiofs device, which libvirt cannot live migrate to any '
-                'host; cold migrate it instead (migrate or resize), which '
-                'recreates the share on the destination') % instance.uuid)
+            allowed, why = self._share_migratable()
+            if not allowed:
+                raise exception.NoValidHost(
+                    reason=self._refusal(instance, why))
         return super().check_can_live_migrate_destination(
             context, instance, *args, **kwargs)
 
     # The backstop, where the record is missing or wrong (a domain defined
     # before the options changed): the running domain decides. Only the
-    # conductor's next host comes of it (see above).
+    # conductor's next host comes of it (see above). Where the migration
+    # may go on, the counters are held here from now on: the destination
+    # continues from their values (pre_live_migration).
     def check_can_live_migrate_source(self, context, instance,
                                       dest_check_data, *args, **kwargs):
-        if self._running_with_share(instance):
-            raise exception.MigrationPreCheckError(reason=_(
-                'instance %s has the scaph-openstack energy share, a '
-                'virtiofs device, which libvirt cannot live migrate; '
-                'cold migrate it instead (migrate or resize), which '
-                'recreates the share on the destination') % instance.uuid)
-        return super().check_can_live_migrate_source(
+        with_share = self._running_with_share(instance)
+        if with_share:
+            allowed, why = self._share_migratable()
+            if not allowed:
+                raise exception.MigrationPreCheckError(
+                    reason=self._refusal(instance, why))
+        result = super().check_can_live_migrate_source(
             context, instance, dest_check_data, *args, **kwargs)
+        if with_share and self._record_counters(instance) is not None:
+            # The conductor's copy of the instance, which goes on to the
+            # destination, predates this: the database carries it.
+            instance.save()
+        return result
+
+    def pre_live_migration(self, context, instance, block_device_info,
+                           network_info, disk_info, migrate_data):
+        if self._recorded_share(instance):
+            # libvirt's incoming domain needs the share directory, and the
+            # guest must find the source's values in it when it runs here.
+            self._ensure_share(instance)
+            fresh = objects.Instance.get_by_uuid(
+                context, instance.uuid, expected_attrs=['system_metadata'])
+            recorded = fresh.system_metadata.get(SYSMETA_COUNTERS_KEY)
+            if recorded:
+                instance.system_metadata[SYSMETA_COUNTERS_KEY] = recorded
+            self._offer_counters(instance, recorded)
+        return super().pre_live_migration(
+            context, instance, block_device_info, network_info, disk_info,
+            migrate_data)
+
+    def rollback_live_migration_at_source(self, context, instance,
+                                          migrate_data):
+        # The instance stays here: its counters grow again.
+        self._release_counters(instance)
+        return super().rollback_live_migration_at_source(
+            context, instance, migrate_data)
+
+    def migrate_disk_and_power_off(self, context, instance, *args,
+                                   **kwargs):
+        # Cold migration and resize: the compute manager saves the
+        # instance right after, with the recorded counters.
+        if self._running_with_share(instance):
+            self._record_counters(instance)
+        return super().migrate_disk_and_power_off(context, instance, *args,
+                                                  **kwargs)
+
+    def power_off(self, instance, *args, **kwargs):
+        # Stop and shelve: the next start, here or on another host
+        # (unshelve, evacuate), continues from these values.
+        if self._running_with_share(instance):
+            self._record_counters(instance)
+        return super().power_off(instance, *args, **kwargs)
+
+    def destroy(self, context, instance, *args, **kwargs):
+        # A domain destroyed but not deleted (a reverted resize on its
+        # destination, an evacuated instance's old host) hands on what it
+        # counted; a deleted instance has nobody to hand it to.
+        if instance.task_state != task_states.DELETING and \
+                self._running_with_share(instance):
+            self._record_counters(instance)
+        return super().destroy(context, instance, *args, **kwargs)
 
     def suspend(self, context, instance, *args, **kwargs):
         if self._running_with_share(instance):
-            # InstanceFaultRollback: the compute manager puts the instance
-            # back to ACTIVE instead of ERROR, and records the reason.
-            raise exception.InstanceFaultRollback(
-                inner_exception=exception.InstanceSuspendFailure(reason=_(
-                    'instance %s has the scaph-openstack energy share, a '
-                    'virtiofs device, and libvirt cannot save the memory '
-                    'of a domain with one; stop or shelve it '
-                    'instead') % instance.uuid))
+            allowed, why = self._share_migratable()
+            if not allowed:
+                # InstanceFaultRollback: the compute manager puts the
+                # instance back to ACTIVE instead of ERROR, and records the
+                # reason.
+                raise exception.InstanceFaultRollback(
+                    inner_exception=exception.InstanceSuspendFailure(
+                        reason=_('instance %(uuid)s has the scaph-openstack '
+                                 'energy share, a virtiofs device, and '
+                                 'this host cannot save it: %(why)s; stop '
+                                 'or shelve it instead') % {
+                            'uuid': instance.uuid, 'why': why}))
         return super().suspend(context, instance, *args, **kwargs)
 
     # -- Nova's device metadata --

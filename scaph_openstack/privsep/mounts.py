@@ -18,6 +18,7 @@ import fcntl
 import os
 import subprocess
 
+from scaph_openstack import handoff
 from scaph_openstack import privsep
 from scaph_openstack.privsep import fs
 from scaph_openstack.share import layout
@@ -191,10 +192,12 @@ def _share_dir(parent, name, what):
 
 
 def write_instance_share(work_dir, uuid, with_dram=False,
-                         require_tmpfs=True):
+                         require_tmpfs=True, start=None):
     """In this process: the instance's initial tree under ``work_dir``
     (which must be the share tmpfs unless ``require_tmpfs`` is false).
-    Present files are kept: counters the agent wrote are never lowered."""
+    Present files are kept: counters the agent wrote are never lowered.
+    ``start`` (handoff.Counters) raises the counters to what the guest saw
+    on the host it came from, before its domain runs here."""
     privsep.check_uuid(uuid)
     if not isinstance(with_dram, bool):
         raise privsep.Refused('with_dram must be true or false, not %r'
@@ -215,6 +218,8 @@ def write_instance_share(work_dir, uuid, with_dram=False,
                       if subdir else instance)
                 try:
                     tree.write_files(fd, files, only_missing=True)
+                    if start is not None:
+                        _raise_counters(fd, subdir, start)
                 finally:
                     if fd != instance:
                         os.close(fd)
@@ -223,6 +228,31 @@ def write_instance_share(work_dir, uuid, with_dram=False,
     finally:
         os.close(root)
         os.close(parent)
+
+
+_COUNTER_DIRS = {layout.PACKAGE_DIR: 'package', layout.DRAM_DIR: 'dram'}
+
+
+def _raise_counters(dir_fd, subdir, start):
+    """energy_uj up to ``start``'s shown value, never down. The only read
+    of a share: by root, of a file only root writes, to not lower what
+    the agent here already wrote (a domain back on a host it left)."""
+    kind = _COUNTER_DIRS.get(subdir)
+    shown = start.shown_uj.get(kind) if kind else None
+    if shown is None:
+        return
+    try:
+        fd = os.open('energy_uj', os.O_RDONLY | os.O_NOFOLLOW |
+                     os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
+        try:
+            present = int(os.read(fd, 32).strip() or b'0')
+        finally:
+            os.close(fd)
+    except (OSError, ValueError):
+        present = -1      # garbage or missing: write ours
+    if shown > present:
+        tree.write_files(dir_fd, {'energy_uj': b'%d\n' % shown},
+                         only_missing=False)
 
 
 @privsep.sys_admin.entrypoint
@@ -244,3 +274,56 @@ def create_instance_share(uuid, with_dram=False):
     privsep.check_uuid(uuid)
     write_instance_share(privsep.share_settings().work_dir, uuid, with_dram,
                          privsep.require_tmpfs())
+
+
+# -- counters that follow the instance (handoff.py) --
+
+def _counters(doc):
+    try:
+        return handoff.Counters.from_dict(doc)
+    except handoff.HandoffError as exc:
+        raise privsep.Refused(str(exc))
+
+
+def _token(token):
+    try:
+        return handoff.check_token(token)
+    except handoff.HandoffError as exc:
+        raise privsep.Refused(str(exc))
+
+
+@privsep.sys_admin.entrypoint
+def hold_counters(uuid, token):
+    """Ask this host's agent to freeze the instance's counters."""
+    privsep.check_uuid(uuid)
+    handoff.request_hold(privsep.share_settings().work_dir, uuid,
+                         _token(token))
+
+
+@privsep.sys_admin.entrypoint
+def held_counters(uuid, token):
+    """The agent's answer to the hold ``token`` (a dict), None before."""
+    privsep.check_uuid(uuid)
+    counters = handoff.answer_of(privsep.share_settings().work_dir, uuid,
+                                 _token(token))
+    return None if counters is None else counters.as_dict()
+
+
+@privsep.sys_admin.entrypoint
+def release_counters(uuid):
+    privsep.check_uuid(uuid)
+    handoff.release_hold(privsep.share_settings().work_dir, uuid)
+
+
+@privsep.sys_admin.entrypoint
+def start_counters(uuid, counters):
+    """The instance's share and the agent continue from ``counters`` (a
+    dict as held_counters gives) once its domain is here."""
+    privsep.check_uuid(uuid)
+    start = _counters(counters)
+    work_dir = privsep.share_settings().work_dir
+    handoff.offer_start(work_dir, uuid, start)
+    # Every file the guest looked up on the other host must exist here
+    # before its domain runs: virtiofsd reopens them by path.
+    write_instance_share(work_dir, uuid, 'dram' in start.shown_uj,
+                         privsep.require_tmpfs(), start=start)

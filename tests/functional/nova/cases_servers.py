@@ -406,7 +406,7 @@ class SuspendTest(ShareServersTestBase):
         self.api.post_server_action(server['id'], {'suspend': {}})
         event = self._wait_for_action_fail_completion(
             server, 'suspend', 'compute_suspend_instance')
-        self.assertIn('libvirt cannot save the memory', event['details'])
+        self.assertIn('this host cannot save it', event['details'])
         server = self._wait_for_server_parameter(
             server, {'status': 'ACTIVE', 'OS-EXT-STS:task_state': None})
         self.assertEqual([], saved)
@@ -445,7 +445,7 @@ class MigrationTest(base.LibvirtMigrationMixin, ShareServersTestBase):
             self.server, 'live-migration',
             'compute_check_can_live_migrate_destination')
         self.assertEqual(host, event['host'])
-        self.assertIn('which libvirt cannot live migrate to any host',
+        self.assertIn('which cannot be live migrated here',
                       event['details'])
         event = self._wait_for_action_fail_completion(
             self.server, 'live-migration', 'conductor_live_migrate_instance')
@@ -483,7 +483,7 @@ class MigrationTest(base.LibvirtMigrationMixin, ShareServersTestBase):
             self.server, 'live-migration',
             'compute_check_can_live_migrate_source')
         self.assertEqual('src', event['host'])
-        self.assertIn('which libvirt cannot live migrate', event['details'])
+        self.assertIn('which cannot be live migrated here', event['details'])
         self.assertFalse(self.migrate_stub_ran)
 
     def test_live_migration_without_share_works(self):

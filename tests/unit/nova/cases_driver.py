@@ -446,7 +446,7 @@ def test_live_migration_refused_with_share(conf):
         domain_xml(share_fs_xml(driver.export_path(UUID))))
     with mock.patch(PARENT + 'check_can_live_migrate_source') as parent:
         with pytest.raises(exception.MigrationPreCheckError,
-                           match='cannot live migrate'):
+                           match='cannot be live migrated here'):
             drv.check_can_live_migrate_source('ctxt', instance(), 'data')
     parent.assert_not_called()
 
@@ -487,7 +487,7 @@ def conductor_retries(exc):
 ])
 def test_live_migration_destination_refuses_for_good(conf, inst):
     with pytest.raises(exception.NoValidHost,
-                       match='cannot live migrate to any host') as raised:
+                       match='cannot be live migrated here') as raised:
         check_destination(libvirt_driver_instance(), inst)
     assert not conductor_retries(raised.value)
 

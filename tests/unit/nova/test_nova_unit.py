@@ -63,7 +63,8 @@ def test_list_opts():
     assert group.name == 'scaphandre'
     assert {o.name for o in opts} == {
         'attach', 'honor_image_property', 'tag', 'work_dir', 'export_dir',
-        'manage_mounts', 'tmpfs_size', 'virtiofsd_path', 'readonly'}
+        'manage_mounts', 'tmpfs_size', 'virtiofsd_path', 'readonly',
+        'handoff_timeout'}
 
 
 def test_options_import_neither_nova_nor_agent():
