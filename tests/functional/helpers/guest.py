@@ -129,7 +129,7 @@ def domain_xml(name, uuid, kernel, initrd, serial_log, cmdline_params=None,
                nova_metadata=None, extra_devices='', fs_driver='virtiofs',
                virtiofsd_binary='auto', readonly=False,
                kernel_args=DEFAULT_KERNEL_ARGS, description=None,
-               on_reboot='destroy', cpuset=None):
+               on_reboot='destroy', cpuset=None, serial_append=False):
     """Libvirt XML of a TCG guest booting ``kernel``/``initrd`` directly.
 
     No disk, no network; serial console to the file ``serial_log``;
@@ -140,9 +140,13 @@ def domain_xml(name, uuid, kernel, initrd, serial_log, cmdline_params=None,
     'destroy' stops the domain when the guest panics (panic=-1 reboots).
     ``cpuset`` (e.g. '1' or '0-1') pins the guest: ``<vcpu cpuset=...>``
     plus a ``<cputune>`` with every vcpupin and the emulatorpin on it.
+    ``serial_append`` opens the serial file with append='on': a migrated or
+    restored guest's new QEMU (its virtlogd) would otherwise truncate it.
     """
     devices = ["<serial type='file'>",
-               '  <source path=%s/>' % quoteattr(serial_log),
+               '  <source path=%s%s/>' % (quoteattr(serial_log),
+                                         " append='on'" if serial_append
+                                         else ''),
                "  <target port='0'/>",
                '</serial>',
                "<controller type='usb' model='none'/>",
@@ -416,8 +420,12 @@ class Guest:
     def __init__(self, share_dir=None, cmdline_params=None, name=None,
                  uuid=None, label='', uri=libvirtd.DEFAULT_URI,
                  flavour='cloud', log_dir=None, persistent=True,
-                 before_create=None, xml_transform=None, **xml_kwargs):
+                 before_create=None, xml_transform=None, images=None,
+                 **xml_kwargs):
         self.uri = uri
+        # (kernel, initrd) to boot instead of build_image(flavour)'s: paths
+        # the libvirtd at ``uri`` can read (a chroot's libvirtd, say).
+        self.images = images
         self.before_create = before_create
         # xml -> xml, applied to the generated domain before it is defined
         self.xml_transform = xml_transform
@@ -468,8 +476,20 @@ class Guest:
         self.dom = self.conn().lookupByUUIDString(self.uuid)
         return self.dom
 
+    def move_to(self, uri):
+        """Follow the domain to the libvirtd at ``uri`` (after a
+        migration): later calls look it up there."""
+        import libvirt
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except libvirt.libvirtError:
+                pass
+            self._conn = None
+        self.uri = uri
+
     def start(self):
-        kernel, initrd = build_image(self.flavour)
+        kernel, initrd = self.images or build_image(self.flavour)
         if self.log_dir is None:
             self.log_dir = tempfile.mkdtemp(prefix='scaph-test-log-')
         self.serial_log = os.path.join(self.log_dir,
