@@ -115,7 +115,9 @@ OPTS = [
              'freeze its counters and say their values, which the '
              'instance\'s system metadata carries to the next host. Past '
              'it the operation goes on and the next host continues from '
-             'the last values recorded (doc/nova.md).'),
+             'the last values recorded (doc/nova.md). Not waited for where '
+             'no agent keeps the instance\'s share current (its meta file '
+             'older than three update intervals).'),
 ]
 
 

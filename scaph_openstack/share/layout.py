@@ -26,6 +26,7 @@ MAX_ENERGY_RANGE_UJ = 2 ** 64 - 1
 DIR_MODE = 0o555
 FILE_MODE = 0o444
 DEFAULT_TAG = 'scaphandre'
+MAX_META_BYTES = 65536      # what a reader of the meta file reads at most
 GUEST_MOUNTPOINT = '/var/scaphandre'
 
 # fullmatch: with match(), '$' also matches before a final newline.

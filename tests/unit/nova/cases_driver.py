@@ -4,7 +4,10 @@ They import Nova, so test_nova_unit.py runs them in a child interpreter
 (isolated.py); they never start a Nova service.
 """
 
+import json
 import os
+import threading
+import time
 import types
 from unittest import mock
 import uuid as uuidlib
@@ -18,6 +21,7 @@ from nova.virt.libvirt import config as vconfig
 from nova.virt.libvirt import driver as libvirt_driver
 
 from scaph_openstack.conf import nova as scaph_conf
+from scaph_openstack import handoff
 from scaph_openstack.nova import driver
 from scaph_openstack.nova import extra_specs
 from scaph_openstack import privsep
@@ -594,3 +598,190 @@ def test_nova_api_knows_the_namespace():
     validators.validate('scaphandre:share', 'true')
     with pytest.raises(exception.ValidationError):
         validators.validate('scaphandre:unknown', 'true')
+
+
+# -- whether this host can migrate the share (Debian 12 vs 13) --
+
+def fake_virtiofsd(tmp_path, output, name='virtiofsd'):
+    """An executable that prints ``output`` for --print-capabilities."""
+    path = tmp_path / name
+    path.write_text('#!/bin/sh\n[ "$1" = --print-capabilities ] || exit 2\n'
+                    "printf '%%s' '%s'\n" % output)
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_virtiofsd_from_descriptors_in_libvirts_order(tmp_path):
+    usr, etc = tmp_path / 'usr', tmp_path / 'etc'
+    usr.mkdir()
+    etc.mkdir()
+    (usr / '50-virtiofsd.json').write_text(
+        '{"type": "fs", "binary": "/usr/libexec/virtiofsd"}')
+    (usr / '40-gpu.json').write_text(
+        '{"type": "gpu", "binary": "/usr/libexec/vhost-user-gpu"}')
+    (usr / '60-other.json').write_text(
+        '{"type": "fs", "binary": "/opt/other"}')
+    (etc / '60-other.json').write_text('')          # masks it
+    (etc / '10-local.json').write_text(
+        '{"type": "fs", "binary": "/usr/local/virtiofsd"}')
+    assert driver.virtiofsd_from_descriptors((str(usr), str(etc))) == [
+        '/usr/local/virtiofsd', '/usr/libexec/virtiofsd']
+
+
+@pytest.mark.parametrize('output, features', [
+    ('{"type":"fs","features":["migrate-precopy","separate-options"]}',
+     {'migrate-precopy', 'separate-options'}),
+    ('{"type":"fs"}', set()),
+    ('not json', set()),                # Debian 12's C virtiofsd
+])
+def test_virtiofsd_features(tmp_path, output, features):
+    assert driver.virtiofsd_features(
+        fake_virtiofsd(tmp_path, output)) == features
+
+
+def test_virtiofsd_features_of_a_missing_binary(tmp_path):
+    assert driver.virtiofsd_features(str(tmp_path / 'none')) == frozenset()
+
+
+MIGRATES = '{"type":"fs","features":["migrate-precopy"]}'
+
+
+@pytest.mark.parametrize('lv_ok, output, allowed, why', [
+    (False, MIGRATES, False, 'older than 10.5.0'),
+    (True, '{"type":"fs","features":[]}', False, 'does not say'),
+    (True, MIGRATES, True, ''),
+])
+def test_share_migration_probe(conf, tmp_path, lv_ok, output, allowed,
+                               why):
+    conf.config(group='scaphandre',
+                virtiofsd_path=fake_virtiofsd(tmp_path, output))
+    got, reason = libvirt_driver_instance(
+        lv_ver_ok=lv_ok)._probe_share_migration()
+    assert got is allowed and why in reason
+
+
+def migratable_driver(xml=None):
+    drv = libvirt_driver_instance(xml, lv_ver_ok=True)
+    drv._share_migration = (True, '')
+    return drv
+
+
+def test_live_migration_allowed_where_the_host_can(conf):
+    inst = instance(system_metadata={driver.SYSMETA_ATTACHED_KEY: 'True'})
+    result, parent = check_destination(migratable_driver(), inst)
+    assert result == 'dest data'
+    parent.assert_called_once()
+
+
+def test_suspend_allowed_where_the_host_can(conf):
+    drv = migratable_driver(domain_xml(share_fs_xml(
+        driver.export_path(UUID))))
+    with mock.patch(PARENT + 'suspend', return_value='saved') as parent:
+        assert drv.suspend('ctxt', instance()) == 'saved'
+    parent.assert_called_once()
+
+
+# -- counters that follow the instance --
+
+def write_meta(updated, interval=10.0):
+    tree.ShareTree(driver.CONF.scaphandre.work_dir).write_instance(
+        UUID, {('', layout.META_FILE): layout.meta_file(
+            layout.meta_document(UUID, updated, interval, 'rapl', 'cputime',
+                                 10 ** 6))})
+
+
+@pytest.mark.parametrize('age, alive', [(5, True), (29, True), (60, False)])
+def test_agent_publishes_by_the_meta_files_age(conf, age, alive):
+    write_meta(1000.0)
+    assert driver.agent_publishes(UUID, now=1000.0 + age) is alive
+
+
+def test_agent_publishes_not_before_the_first_update(conf):
+    write_meta(None, None)
+    assert not driver.agent_publishes(UUID)
+    assert not driver.agent_publishes('0' * 8 + UUID[8:])   # no share
+
+
+class FakeAgent:
+    """Answers holds as the agent's HandoffDesk would, from a thread."""
+
+    def __init__(self, energy_uj):
+        self.energy_uj = energy_uj
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        work_dir = driver.CONF.scaphandre.work_dir
+        while not self.stop.wait(0.05):
+            fd = handoff.open_directory(work_dir)
+            if fd is None:
+                continue
+            try:
+                hold = handoff.read(fd, UUID, handoff.HOLD)
+                if hold:
+                    handoff.write(fd, UUID, handoff.HELD, handoff.Counters(
+                        hold['token'], self.energy_uj,
+                        {k: v - v % 10 ** 6 for k, v in
+                         self.energy_uj.items()}).as_dict())
+            finally:
+                os.close(fd)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
+def test_record_counters_keeps_the_larger_of_each_kind(conf):
+    write_meta(time.time())
+    before = handoff.Counters('old', {'package': 9_000_000_000, 'dram': 1},
+                              {'package': 9_000_000_000, 'dram': 0})
+    inst = instance(system_metadata={
+        driver.SYSMETA_COUNTERS_KEY: json.dumps(before.as_dict())})
+    with FakeAgent({'package': 5_500_000, 'dram': 2_700_000}):
+        counters = migratable_driver()._record_counters(inst)
+    assert counters.energy_uj == {'package': 9_000_000_000,
+                                  'dram': 2_700_000}
+    assert counters.shown_uj == {'package': 9_000_000_000,
+                                 'dram': 2_000_000}
+    assert json.loads(inst.system_metadata[driver.SYSMETA_COUNTERS_KEY]) \
+        == counters.as_dict()
+
+
+def test_record_counters_does_not_wait_without_an_agent(conf):
+    conf.config(group='scaphandre', handoff_timeout=30)
+    inst = instance()
+    started = time.monotonic()
+    assert migratable_driver()._record_counters(inst) is None
+    assert time.monotonic() - started < 5
+    assert driver.SYSMETA_COUNTERS_KEY not in inst.system_metadata
+
+
+def test_a_start_raises_the_share_never_lowers_it(conf):
+    work = driver.CONF.scaphandre.work_dir
+    carried = handoff.Counters('t1', {'package': 7_400_000, 'dram': 10},
+                               {'package': 7_000_000, 'dram': 0})
+    inst = instance(ON, {driver.SYSMETA_COUNTERS_KEY: json.dumps(
+        carried.as_dict())})
+    xml = domain_xml(share_fs_xml(driver.export_path(UUID)))
+    drv = libvirt_driver_instance()
+    with mock.patch(PARENT + '_create_guest', return_value='guest'):
+        drv._create_guest('ctxt', xml, inst)
+    energy = os.path.join(work, UUID, layout.PACKAGE_DIR, 'energy_uj')
+    with open(energy) as f:
+        assert f.read() == '7000000\n'
+    fd = handoff.open_directory(work)
+    try:
+        assert handoff.read(fd, UUID, handoff.START) == carried.as_dict()
+    finally:
+        os.close(fd)
+    # The agent here has written more since: a second start keeps it.
+    tree.ShareTree(work).write_instance(
+        UUID, {(layout.PACKAGE_DIR, 'energy_uj'): b'9000000\n'})
+    with mock.patch(PARENT + '_create_guest', return_value='guest'):
+        drv._create_guest('ctxt', xml, inst)
+    with open(energy) as f:
+        assert f.read() == '9000000\n'
