@@ -251,8 +251,8 @@ def test_live_migration_in_place_writes(d13_stack, d13_guest, record_property):
     assert runs == ['a', 'b', 'a'], order
     # Wall clock (the guest's uptime stops while it is paused): the
     # pause at the end of each migration hides no more than a period;
-    # 0.5 s for the 0.1 s polling and the serial log's flushing.
-    assert clock.max_gap() <= 2 * PERIOD + 0.5, clock.max_gap()
+    # 1 s for the 0.1 s polling, the serial log's flushing, a busy CI.
+    assert clock.max_gap() <= 2 * PERIOD + 1, clock.max_gap()
     for name, value in (('boot_s', guest.boot_s), ('migrate_a_b_s', to_b),
                         ('migrate_b_a_s', to_a),
                         ('max_wall_gap_s', clock.max_gap())):
