@@ -198,9 +198,14 @@ def _read_pid(pidfile):
 
 
 def _pid_is(pid, comm):
+    """Whether ``pid`` is a ``comm`` of this host's root: the daemons of
+    the Debian 13 stack (tests/functional/helpers/debian13.py) have the
+    same names, in chroots, and are not the host's."""
     try:
         with open('/proc/%d/comm' % pid) as f:
-            return f.read().strip() == comm
+            if f.read().strip() != comm:
+                return False
+        return os.readlink('/proc/%d/root' % pid) == '/'
     except OSError:
         return False
 
