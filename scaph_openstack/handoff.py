@@ -45,14 +45,17 @@ class HandoffError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Counters:
-    """Per kind (package, dram): the exact µJ and what the guest saw."""
+    """Per kind (package, dram): the exact µJ, what the guest saw, and
+    the idle part of the exact µJ (Ceilometer's energy.instance.idle)."""
     token: str
     energy_uj: dict
     shown_uj: dict
+    idle_uj: dict = dataclasses.field(default_factory=dict)
 
     def as_dict(self):
         return {'token': self.token, 'energy_uj': dict(self.energy_uj),
-                'shown_uj': dict(self.shown_uj)}
+                'shown_uj': dict(self.shown_uj),
+                'idle_uj': dict(self.idle_uj)}
 
     @classmethod
     def from_dict(cls, doc):
@@ -60,14 +63,16 @@ class Counters:
             raise HandoffError('not an object: %r' % (doc,))
         return cls(check_token(doc.get('token')),
                    _kinds(doc.get('energy_uj'), 'energy_uj'),
-                   _kinds(doc.get('shown_uj'), 'shown_uj'))
+                   _kinds(doc.get('shown_uj'), 'shown_uj'),
+                   _kinds(doc.get('idle_uj', {}), 'idle_uj'))
 
     def at_least(self, other):
         """Per kind the larger of the two; this one's token."""
         if other is None:
             return self
         return Counters(self.token, _max(self.energy_uj, other.energy_uj),
-                        _max(self.shown_uj, other.shown_uj))
+                        _max(self.shown_uj, other.shown_uj),
+                        _max(self.idle_uj, other.idle_uj))
 
 
 def _max(a, b):

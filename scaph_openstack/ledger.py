@@ -75,9 +75,11 @@ class InstanceRecord:
     # published is energy_uj by kind plus this. Never part of this host's
     # conservation, which is energy_uj's alone.
     carried_uj: dict[str, int] = dataclasses.field(default_factory=dict)
+    carried_idle_uj: dict[str, int] = dataclasses.field(default_factory=dict)
     start_token: str = ''      # the last start applied
     # While the instance leaves this host: the published values, frozen.
     held_uj: dict[str, int] | None = None
+    held_idle_uj: dict[str, int] | None = None
     held_token: str = ''
     # Bumped on every change; not persisted. The report reuses the totals
     # of records that did not change (report.ReportBuilder).
@@ -100,37 +102,36 @@ class InstanceRecord:
     def published_kind_totals(self):
         """{kind: µJ} as published: this host's energy plus what was
         carried in, no more than the frozen values while held."""
-        kinds = self.kind_totals()
-        for kind, uj in self.carried_uj.items():
-            kinds[kind] = kinds.get(kind, 0) + uj
-        if self.held_uj is not None:
-            kinds = {kind: min(uj, self.held_uj.get(kind, uj))
-                     for kind, uj in kinds.items()}
-        return kinds
+        return _published(self.kind_totals(), self.carried_uj,
+                          self.held_uj)
 
-    def apply_start(self, token, energy_uj):
-        """Publish at least ``energy_uj`` ({kind: µJ}, carried from
-        another host) from now on; once per token. True if applied."""
+    def published_idle_kind_totals(self):
+        """The idle part of published_kind_totals, the same way."""
+        return _published(self.idle_kind_totals(), self.carried_idle_uj,
+                          self.held_idle_uj)
+
+    def apply_start(self, token, energy_uj, idle_uj=None):
+        """Publish at least ``energy_uj`` and its idle part ``idle_uj``
+        ({kind: µJ}, carried from another host) from now on; once per
+        token. True if applied."""
         if token == self.start_token:
             return False
-        kinds = self.kind_totals()
-        for kind, uj in energy_uj.items():
-            if kind in ADDITIVE_KINDS:
-                self.carried_uj[kind] = max(self.carried_uj.get(kind, 0),
-                                            uj - kinds.get(kind, 0))
+        _carry(self.carried_uj, energy_uj, self.kind_totals())
+        _carry(self.carried_idle_uj, idle_uj or {},
+               self.idle_kind_totals())
         self.start_token = token
         self.version += 1
         return True
 
     def hold(self, token):
-        """Freeze the published values (once per token); them."""
+        """Freeze the published values (once per token); them, as
+        ({kind: µJ}, {kind: idle µJ})."""
         if token != self.held_token or self.held_uj is None:
-            self.held_uj = {kind: uj for kind, uj
-                            in self.published_kind_totals().items()
-                            if kind in ADDITIVE_KINDS}
+            self.held_uj = _additive(self.published_kind_totals())
+            self.held_idle_uj = _additive(self.published_idle_kind_totals())
             self.held_token = token
             self.version += 1
-        return dict(self.held_uj)
+        return dict(self.held_uj), dict(self.held_idle_uj or {})
 
     def release(self):
         """Publish again what grows. Only for an instance still defined
@@ -139,13 +140,34 @@ class InstanceRecord:
         did not carry."""
         if self.held_uj is None or self.state == STATE_UNDEFINED:
             return False
-        self.held_uj, self.held_token = None, ''
+        self.held_uj, self.held_idle_uj, self.held_token = None, None, ''
         self.version += 1
         return True
+
 
     def reset_counters(self):
         self.energy_uj, self.idle_uj, self.power_w = {}, {}, 0.0
         self.version += 1
+
+
+def _published(kinds, carried, held):
+    for kind, uj in carried.items():
+        kinds[kind] = kinds.get(kind, 0) + uj
+    if held is not None:
+        kinds = {kind: min(uj, held.get(kind, uj))
+                 for kind, uj in kinds.items()}
+    return kinds
+
+
+def _carry(carried, start, local):
+    """carried[kind] so that local + carried >= start, never smaller."""
+    for kind, uj in start.items():
+        if kind in ADDITIVE_KINDS:
+            carried[kind] = max(carried.get(kind, 0), uj - local.get(kind, 0))
+
+
+def _additive(kinds):
+    return {kind: uj for kind, uj in kinds.items() if kind in ADDITIVE_KINDS}
 
 
 @dataclasses.dataclass
@@ -206,13 +228,15 @@ class Ledger:
         self.attribution_state = {}
 
     def add_tick(self, splits, zones, present, interval_s, now,
-                 placements=None):
+                 placements=None, after_presence=None):
         """Add one tick's ZoneSplits. ``zones``: every zone read this tick
         (anything with name, kind and socket, e.g. ZoneReading);
         ``present``: uuid -> (identity, state) of every instance the
         hypervisor defines now, or None when the inventory could not say
         (then nobody's state changes); ``placements``: uuid -> how its
-        CPU time was placed on sockets."""
+        CPU time was placed on sockets; ``after_presence``: called with
+        the ledger once the instances are known, before this tick's
+        energy is added (counters carried in start from there)."""
         placements = placements or {}
         for record in self.instances.values():
             if record.power_w:
@@ -220,6 +244,8 @@ class Ledger:
                 record.version += 1
         if present is not None:
             self._update_presence(present, now, placements)
+        if after_presence is not None:
+            after_presence(self)
         for zone in zones:
             self.zones.setdefault(zone.name, ZoneRecord(
                 zone.name, zone.kind, zone.socket))
@@ -304,8 +330,10 @@ class Ledger:
                 'last_seen': r.last_seen, 'power_w': r.power_w,
                 'state': r.state, 'absent_s': r.absent_s,
                 'idle_uj': r.idle_uj, 'placement': r.placement,
-                'carried_uj': r.carried_uj, 'start_token': r.start_token,
-                'held_uj': r.held_uj, 'held_token': r.held_token}
+                'carried_uj': r.carried_uj,
+                'carried_idle_uj': r.carried_idle_uj,
+                'start_token': r.start_token, 'held_uj': r.held_uj,
+                'held_idle_uj': r.held_idle_uj, 'held_token': r.held_token}
 
     def to_dict(self):
         doc = self._header()

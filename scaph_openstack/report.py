@@ -107,7 +107,7 @@ def instance_totals(record):
     # while the instance leaves (handoff.py). energy_uj per zone stays
     # this host's own.
     kinds = record.published_kind_totals()
-    idle_kinds = record.idle_kind_totals()
+    idle_kinds = record.published_idle_kind_totals()
     return InstanceTotals(
         identity=record.identity, state=record.state,
         energy_uj=types.MappingProxyType(dict(record.energy_uj)),

@@ -75,7 +75,8 @@ class HandoffDesk:
         if handoff.START in kinds and here:
             start = handoff.Counters.from_dict(
                 handoff.read(fd, uuid, handoff.START))
-            if record.apply_start(start.token, start.energy_uj):
+            if record.apply_start(start.token, start.energy_uj,
+                                  start.idle_uj):
                 LOG.info('Instance %s: counters continue from %s µJ '
                          'carried in', uuid, start.energy_uj)
                 changed = True
@@ -83,7 +84,8 @@ class HandoffDesk:
             token = handoff.check_token(
                 (handoff.read(fd, uuid, handoff.HOLD) or {}).get('token'))
             before = record.held_token if record is not None else None
-            held = record.hold(token) if record is not None else {}
+            held, held_idle = (record.hold(token) if record is not None
+                               else ({}, {}))
             if record is not None and before != token:
                 LOG.info('Instance %s: counters held at %s µJ', uuid, held)
                 changed = True
@@ -92,7 +94,7 @@ class HandoffDesk:
                 answers.append((uuid, handoff.Counters(
                     token, held,
                     {kind: layout.quantise(uj, self.resolution_uj)
-                     for kind, uj in held.items()})))
+                     for kind, uj in held.items()}, held_idle)))
         elif handoff.HELD in kinds:
             handoff.remove(fd, uuid, handoff.HELD)
             self._answered.pop(uuid, None)

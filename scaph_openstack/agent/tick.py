@@ -366,11 +366,15 @@ class Ticker:
                 self._host_usage(host_cpu), usage, now)
         present = None if instances is None else {
             i.uuid: (i.identity, i.state) for i in instances}
+        handoffs = []
         self.ledger.add_tick(splits, reading.zones, present, interval, wall,
-                             placements)
+                             placements, after_presence=lambda ledger:
+                             handoffs.append(self._handoffs()))
         expired = self.ledger.expire(interval, self.retention_s)
         self._expired.extend(expired)
-        handed, answers = self._handoffs(expired)
+        if self.handoff_desk is not None:
+            self.handoff_desk.forget(expired)
+        handed, answers = handoffs[0] if handoffs else (False, [])
         self.baseline = self._next_baseline(now, host_cpu, instances)
         self.ledger.attribution_state = self.attribution.state()
         self.last_splits = splits
@@ -402,12 +406,11 @@ class Ticker:
         freeze_long_lived_objects()
         return report
 
-    def _handoffs(self, expired):
+    def _handoffs(self):
         """(changed, answers) of the handoff directory; (False, [])
         without one. A failure there must not stop the counting."""
         if self.handoff_desk is None:
             return False, []
-        self.handoff_desk.forget(expired)
         try:
             return self.handoff_desk.process(self.ledger)
         except Exception as exc:

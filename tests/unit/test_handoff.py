@@ -8,6 +8,7 @@ import random
 import pytest
 
 from scaph_openstack.agent import handoffs
+from scaph_openstack.attribution import cputime
 from scaph_openstack import handoff
 from scaph_openstack.inventory import base
 from tests.unit.test_tick import Host
@@ -26,6 +27,10 @@ class HandoffHost(Host):
 
     def new_ticker(self):
         ticker = super().new_ticker()
+        # A configured idle power: the idle part (energy.instance.idle)
+        # must follow the instance too.
+        ticker.attribution = cputime.CpuTimeAttribution(
+            'vcpus', idle_power={'package-0': 15.0})
         ticker.handoff_desk = handoffs.HandoffDesk(str(self.share),
                                                    resolution_uj=10 ** 6)
         return ticker
@@ -34,7 +39,8 @@ class HandoffHost(Host):
         self.ticker = self.new_ticker()
 
     def run(self, rng, ticks, uuids):
-        """Ticks with random power and CPU shares; the published totals."""
+        """Ticks with random power and CPU shares; the published (total,
+        idle) of UUID."""
         seen = []
         for _ in range(ticks):
             cpu = {u: rng.randint(1, 40) * TICK_NS for u in uuids}
@@ -43,7 +49,8 @@ class HandoffHost(Host):
                                   busy_ns=sum(cpu.values()) +
                                   rng.randint(0, 20) * TICK_NS, cpu=cpu)
             if report is not None and UUID in report.instances:
-                seen.append(report.instances[UUID].total_uj)
+                totals = report.instances[UUID]
+                seen.append((totals.total_uj, totals.idle_total_uj))
         return seen
 
     def published(self):
@@ -104,7 +111,12 @@ def test_live_migration_continues_on_the_destination(tmp_path, seed):
     a.inventory.remove(UUID)
     a.run(rng, 2, [OTHER])
     timeline += b.run(rng, 8, [UUID, OTHER])
-    assert timeline == sorted(timeline), 'the published value went back'
+    for name, values in (
+            ('total', [t for t, _ in timeline]),
+            ('idle', [i for _, i in timeline]),
+            ('dynamic', [t - i for t, i in timeline])):
+        assert values == sorted(values), 'the published %s went back' % name
+    assert timeline[-1][1] > answer.idle_uj['package'] > 0
     assert b.published() == frozen + b.local()
     assert b.local() > 0
     # a keeps the energy of the window in its own counters, never
