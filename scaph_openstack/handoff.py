@@ -24,6 +24,7 @@ is counted on two hosts.
 
 import dataclasses
 import json
+import math
 import os
 import re
 
@@ -175,17 +176,33 @@ def scan(dir_fd):
 
 # -- Nova's side (through its privsep daemon, or in-process in tests) --
 
-def request_hold(work_dir, uuid, token):
-    """Ask this host's agent to freeze the instance's published values."""
+def request_hold(work_dir, uuid, token, expires=None):
+    """Ask this host's agent to freeze the instance's published values,
+    until Nova releases them or, when given, the wall-clock time
+    ``expires`` (a hold whose operation never came)."""
     check_token(token)
+    check_expires(expires)
     fd = open_directory(work_dir, create=True)
     try:
         held = read(fd, uuid, HELD)
         if held is not None and held.get('token') != token:
             remove(fd, uuid, HELD)   # an answer to an older hold
-        write(fd, uuid, HOLD, {'token': check_token(token)})
+        write(fd, uuid, HOLD, {'token': token, 'expires': expires})
     finally:
         os.close(fd)
+
+
+def check_expires(expires):
+    if expires is not None and (type(expires) not in (int, float) or
+                                not math.isfinite(expires) or expires < 0):
+        raise HandoffError('not a time: %r' % (expires,))
+    return expires
+
+
+def hold_expired(doc, now):
+    """Whether a hold document's deadline has passed."""
+    expires = check_expires((doc or {}).get('expires'))
+    return expires is not None and now > expires
 
 
 def answer_of(work_dir, uuid, token):

@@ -8,6 +8,7 @@ release holds Nova took back.
 
 import logging as std_logging
 import os
+import time
 
 from oslo_log import log as logging
 
@@ -21,9 +22,10 @@ LOG = logging.getLogger(__name__)
 
 class HandoffDesk:
 
-    def __init__(self, work_dir, resolution_uj):
+    def __init__(self, work_dir, resolution_uj, wallclock=time.time):
         self.work_dir = work_dir
         self.resolution_uj = resolution_uj
+        self.wallclock = wallclock     # Nova writes deadlines in it
         self.states = statelog.StateLog(LOG)
         self._answered = {}        # uuid -> token of the last .held
 
@@ -80,9 +82,18 @@ class HandoffDesk:
                 LOG.info('Instance %s: counters continue from %s µJ '
                          'carried in', uuid, start.energy_uj)
                 changed = True
+        hold = (handoff.read(fd, uuid, handoff.HOLD)
+                if handoff.HOLD in kinds else None)
+        if hold is not None and handoff.hold_expired(hold, self.wallclock()):
+            # Nova's operation never came (a live migration whose
+            # destination failed to prepare): the counters grow again.
+            LOG.info('Instance %s: hold expired', uuid)
+            handoff.remove(fd, uuid, handoff.HOLD, handoff.HELD)
+            kinds.discard(handoff.HOLD)
+            kinds.discard(handoff.HELD)
+            self._answered.pop(uuid, None)
         if handoff.HOLD in kinds:
-            token = handoff.check_token(
-                (handoff.read(fd, uuid, handoff.HOLD) or {}).get('token'))
+            token = handoff.check_token((hold or {}).get('token'))
             before = record.held_token if record is not None else None
             held, held_idle = (record.hold(token) if record is not None
                                else ({}, {}))

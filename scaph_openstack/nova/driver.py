@@ -102,6 +102,12 @@ MIGRATE_PRECOPY = 'migrate-precopy'
 # vhost-user descriptors, a file in /etc replacing one of the same name.
 VHOST_USER_DIRS = ('/usr/share/qemu/vhost-user', '/etc/qemu/vhost-user')
 HANDOFF_POLL_S = 0.2
+# How long a live migration's hold lasts before the destination is
+# prepared (live_migration then makes it last): the migration may wait in
+# the source's queue ([DEFAULT] max_concurrent_live_migrations, 1 by
+# default) behind the others of a host's evacuation. A destination that
+# fails to prepare leaves the counters flat this long at most.
+LIVE_MIGRATION_HOLD_S = 6 * 3600
 
 VIRT_TYPES = ('kvm', 'qemu')  # virtiofs is a QEMU vhost-user device
 
@@ -424,13 +430,14 @@ class LibvirtDriver(libvirt_driver.LibvirtDriver):
 
     # -- counters that follow the instance (handoff.py) --
 
-    def _record_counters(self, instance):
-        """Freeze the instance's counters here and put their values in
-        its system metadata (saved by the caller's compute manager, or
-        by ``save``); never fails the operation."""
+    def _record_counters(self, instance, expires=None):
+        """Freeze the instance's counters here (until released, or the
+        wall-clock time ``expires``) and put their values in its system
+        metadata (saved by the caller's compute manager, or by ``save``);
+        never fails the operation."""
         token = uuidlib.uuid4().hex
         try:
-            mounts.hold_counters(instance.uuid, token)
+            mounts.hold_counters(instance.uuid, token, expires)
             # No agent keeps this share current: nobody would answer, and
             # every stop and migration would wait for nothing.
             answer = (self._wait_held(instance, token)
@@ -575,7 +582,12 @@ class LibvirtDriver(libvirt_driver.LibvirtDriver):
                     reason=self._refusal(instance, why))
         result = super().check_can_live_migrate_source(
             context, instance, dest_check_data, *args, **kwargs)
-        if with_share and self._record_counters(instance) is not None:
+        # With a deadline: when the destination fails to prepare, Nova
+        # rolls back without telling this driver. live_migration, which
+        # runs once it has prepared, makes the hold last.
+        if with_share and self._record_counters(
+                instance, expires=time.time() + LIVE_MIGRATION_HOLD_S
+        ) is not None:
             # The conductor's copy of the instance, which goes on to the
             # destination, predates this: the database carries it.
             instance.save()
@@ -596,6 +608,18 @@ class LibvirtDriver(libvirt_driver.LibvirtDriver):
         return super().pre_live_migration(
             context, instance, block_device_info, network_info, disk_info,
             migrate_data)
+
+    def live_migration(self, context, instance, *args, **kwargs):
+        # The destination is prepared: the hold lasts until the migration
+        # ends (post_live_migration) or fails (the rollback below).
+        carried = self._carried(instance)
+        if carried is not None:
+            try:
+                mounts.hold_counters(instance.uuid, carried.token)
+            except Exception as exc:
+                LOG.warning('Could not renew the energy counters\' hold: %s',
+                            exc, instance=instance)
+        return super().live_migration(context, instance, *args, **kwargs)
 
     def rollback_live_migration_at_source(self, context, instance,
                                           migrate_data):
@@ -621,10 +645,11 @@ class LibvirtDriver(libvirt_driver.LibvirtDriver):
         return super().power_off(instance, *args, **kwargs)
 
     def destroy(self, context, instance, *args, **kwargs):
-        # A domain destroyed but not deleted (a reverted resize on its
-        # destination, an evacuated instance's old host) hands on what it
-        # counted; a deleted instance has nobody to hand it to.
-        if instance.task_state != task_states.DELETING and \
+        # A reverted resize's destination hands what it counted back to
+        # the source. Not the other destroys: a deletion has nobody to hand
+        # it to, and hard reboot, power on, rescue destroy a domain that
+        # starts again here at once (_create_guest releases).
+        if instance.task_state == task_states.RESIZE_REVERTING and \
                 self._running_with_share(instance):
             self._record_counters(instance)
         return super().destroy(context, instance, *args, **kwargs)

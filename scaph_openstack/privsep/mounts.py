@@ -293,11 +293,16 @@ def _token(token):
 
 
 @privsep.sys_admin.entrypoint
-def hold_counters(uuid, token):
-    """Ask this host's agent to freeze the instance's counters."""
+def hold_counters(uuid, token, expires=None):
+    """Ask this host's agent to freeze the instance's counters, until
+    released or the wall-clock time ``expires``."""
     privsep.check_uuid(uuid)
+    try:
+        handoff.check_expires(expires)
+    except handoff.HandoffError as exc:
+        raise privsep.Refused(str(exc))
     handoff.request_hold(privsep.share_settings().work_dir, uuid,
-                         _token(token))
+                         _token(token), expires)
 
 
 @privsep.sys_admin.entrypoint

@@ -3,6 +3,7 @@ the handoff directory, with power that varies tick by tick: the published
 value never decreases, each host conserves its own energy, and the
 migration window is counted on one host only."""
 
+import os
 import random
 
 import pytest
@@ -31,8 +32,8 @@ class HandoffHost(Host):
         # must follow the instance too.
         ticker.attribution = cputime.CpuTimeAttribution(
             'vcpus', idle_power={'package-0': 15.0})
-        ticker.handoff_desk = handoffs.HandoffDesk(str(self.share),
-                                                   resolution_uj=10 ** 6)
+        ticker.handoff_desk = handoffs.HandoffDesk(
+            str(self.share), resolution_uj=10 ** 6, wallclock=self.clock)
         return ticker
 
     def restart_agent(self):
@@ -193,3 +194,24 @@ def test_garbage_in_the_handoff_directory_is_ignored(tmp_path):
     (directory / (UUID + '.hold')).write_text('not json')
     a.run(rng, 3, [UUID])
     assert a.published() == a.local()
+
+
+def test_a_hold_past_its_deadline_lets_the_counter_grow(tmp_path):
+    # A live migration's hold whose destination failed to prepare: Nova
+    # never releases it, its deadline does.
+    rng = random.Random(9)
+    a = HandoffHost(tmp_path / 'a', 'a')
+    a.inventory.set(UUID, 0)
+    a.run(rng, 3, [UUID])
+    handoff.request_hold(str(a.share), UUID, 'live-3',
+                         expires=a.clock.now + 7)
+    a.run(rng, 1, [UUID])
+    frozen = a.published()
+    a.run(rng, 2, [UUID])           # 4 s: still held
+    assert a.published() == frozen
+    assert handoff.answer_of(str(a.share), UUID, 'live-3') is not None
+    a.run(rng, 2, [UUID])           # past the deadline
+    assert a.published() == a.local() > frozen
+    assert handoff.answer_of(str(a.share), UUID, 'live-3') is None
+    directory = tmp_path / 'a' / 'share' / handoff.DIR_NAME
+    assert sorted(os.listdir(directory)) == []

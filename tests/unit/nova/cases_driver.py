@@ -785,3 +785,50 @@ def test_a_start_raises_the_share_never_lowers_it(conf):
         drv._create_guest('ctxt', xml, inst)
     with open(energy) as f:
         assert f.read() == '9000000\n'
+
+
+def held_doc():
+    fd = handoff.open_directory(driver.CONF.scaphandre.work_dir)
+    try:
+        return handoff.read(fd, UUID, handoff.HOLD)
+    finally:
+        os.close(fd)
+
+
+def test_the_live_migration_hold_has_a_deadline_until_it_runs(conf):
+    # Nova does not tell the source when the destination fails to
+    # prepare: the check's hold expires; live_migration makes it last.
+    write_meta(time.time())
+    inst = instance(system_metadata={})
+    inst.save = mock.Mock()
+    drv = migratable_driver(domain_xml(share_fs_xml(
+        driver.export_path(UUID))))
+    with FakeAgent({'package': 3_000_000, 'dram': 1_000_000}), \
+            mock.patch(PARENT + 'check_can_live_migrate_source',
+                       return_value='data'):
+        assert drv.check_can_live_migrate_source('ctxt', inst, 'd') == 'data'
+    inst.save.assert_called_once()
+    hold = held_doc()
+    assert 0 < hold['expires'] - time.time() <= driver.LIVE_MIGRATION_HOLD_S
+    with mock.patch(PARENT + 'live_migration', return_value=None):
+        drv.live_migration('ctxt', inst, 'dest', None, None)
+    assert held_doc() == {'token': hold['token'], 'expires': None}
+
+
+@pytest.mark.parametrize('task_state, records', [
+    ('resize_reverting', True),
+    ('deleting', False),
+    ('rebooting_hard', False),
+    ('powering-on', False),
+    (None, False),
+])
+def test_destroy_records_only_for_a_reverted_resize(conf, task_state,
+                                                     records):
+    inst = instance()
+    inst.task_state = task_state
+    drv = migratable_driver(domain_xml(share_fs_xml(
+        driver.export_path(UUID))))
+    with mock.patch.object(driver.LibvirtDriver, '_record_counters') as rec, \
+            mock.patch(PARENT + 'destroy', return_value=None):
+        drv.destroy('ctxt', inst, None)
+    assert rec.called is records
