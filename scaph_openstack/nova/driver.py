@@ -97,6 +97,7 @@ SYSMETA_COUNTERS_KEY = 'scaphandre_counters'
 # (qemuMigrationSrcIsAllowed); QEMU 8.2 or later carries virtiofsd's state
 # in the migration stream (doc/nova.md, "Live migration and suspend").
 MIN_LIBVIRT_VIRTIOFS_MIGRATION = (10, 5, 0)
+MIN_QEMU_VIRTIOFS_MIGRATION = (8, 2, 0)
 MIGRATE_PRECOPY = 'migrate-precopy'
 # Where libvirt looks for virtiofsd when the XML names none: QEMU's
 # vhost-user descriptors, a file in /etc replacing one of the same name.
@@ -542,6 +543,27 @@ class LibvirtDriver(libvirt_driver.LibvirtDriver):
                      'refused (%s)' % self._share_migration[1])
         return self._share_migration
 
+    @staticmethod
+    def _source_share_migratable(src_compute_info):
+        """What the destination can tell of the source: its QEMU version
+        (the compute node's hypervisor_version). A source whose QEMU
+        cannot carry virtiofsd's state refuses whatever the destination,
+        and its own refusal would be retried on every other host, so the
+        destination says no for good. The source's own check stays the
+        backstop for the rest (its libvirt and virtiofsd)."""
+        try:
+            version = int(src_compute_info['hypervisor_version'])
+        except (TypeError, KeyError, ValueError):
+            return True, ''
+        major, rest = divmod(version, 1000000)
+        minor, micro = divmod(rest, 1000)
+        if (major, minor, micro) >= MIN_QEMU_VIRTIOFS_MIGRATION:
+            return True, ''
+        return False, _('the source host\'s QEMU %(have)s is older than '
+                        '%(need)s') % {
+            'have': '%d.%d.%d' % (major, minor, micro),
+            'need': '.'.join(map(str, MIN_QEMU_VIRTIOFS_MIGRATION))}
+
     def _refusal(self, instance, why):
         return _('instance %(uuid)s has the scaph-openstack energy share, '
                  'a virtiofs device, which cannot be live migrated here: '
@@ -561,6 +583,10 @@ class LibvirtDriver(libvirt_driver.LibvirtDriver):
                                            *args, **kwargs):
         if self._recorded_share(instance):
             allowed, why = self._share_migratable()
+            if allowed:
+                allowed, why = self._source_share_migratable(
+                    kwargs.get('src_compute_info',
+                               args[0] if args else None))
             if not allowed:
                 raise exception.NoValidHost(
                     reason=self._refusal(instance, why))

@@ -832,3 +832,27 @@ def test_destroy_records_only_for_a_reverted_resize(conf, task_state,
             mock.patch(PARENT + 'destroy', return_value=None):
         drv.destroy('ctxt', inst, None)
     assert rec.called is records
+
+
+@pytest.mark.parametrize('hv_version, allowed', [
+    (7002000, False),       # Debian 12's QEMU 7.2
+    (8002000, True),
+    (10000000, True),       # Debian 13's QEMU 10.0
+    (None, True),           # unknown: the source's own check decides
+])
+def test_the_destination_refuses_a_source_that_cannot(conf, hv_version,
+                                                      allowed):
+    inst = instance(system_metadata={driver.SYSMETA_ATTACHED_KEY: 'True'})
+    drv = migratable_driver()
+    src = {'hypervisor_version': hv_version} if hv_version else {}
+    with mock.patch(PARENT + 'check_can_live_migrate_destination',
+                    return_value='dest data') as parent:
+        if allowed:
+            assert drv.check_can_live_migrate_destination(
+                'ctxt', inst, src, 'dst info') == 'dest data'
+        else:
+            with pytest.raises(exception.NoValidHost,
+                               match="source host's QEMU 7.2.0"):
+                drv.check_can_live_migrate_destination(
+                    'ctxt', inst, src, 'dst info')
+            parent.assert_not_called()
