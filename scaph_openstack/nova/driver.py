@@ -625,20 +625,32 @@ class LibvirtDriver(libvirt_driver.LibvirtDriver):
             # libvirt's incoming domain needs the share directory, and the
             # guest must find the source's values in it when it runs here.
             self._ensure_share(instance)
-            fresh = objects.Instance.get_by_uuid(
-                context, instance.uuid, expected_attrs=['system_metadata'])
-            recorded = fresh.system_metadata.get(SYSMETA_COUNTERS_KEY)
-            if recorded:
-                instance.system_metadata[SYSMETA_COUNTERS_KEY] = recorded
-            self._offer_counters(instance, recorded)
+            self._offer_counters(instance,
+                                 self._recorded_in_database(context,
+                                                            instance))
         return super().pre_live_migration(
             context, instance, block_device_info, network_info, disk_info,
             migrate_data)
 
+    @staticmethod
+    def _recorded_in_database(context, instance):
+        """The counters recorded by the source's check, which the
+        conductor's copy of the instance (passed on to the source's
+        live_migration and the destination's pre_live_migration)
+        predates; copied into ``instance``."""
+        fresh = objects.Instance.get_by_uuid(
+            context, instance.uuid, expected_attrs=['system_metadata'])
+        recorded = fresh.system_metadata.get(SYSMETA_COUNTERS_KEY)
+        if recorded:
+            instance.system_metadata[SYSMETA_COUNTERS_KEY] = recorded
+        return recorded
+
     def live_migration(self, context, instance, *args, **kwargs):
         # The destination is prepared: the hold lasts until the migration
         # ends (post_live_migration) or fails (the rollback below).
-        carried = self._carried(instance)
+        carried = (self._carried(instance)
+                   if self._recorded_in_database(context, instance)
+                   else None)
         if carried is not None:
             try:
                 mounts.hold_counters(instance.uuid, carried.token)

@@ -17,6 +17,7 @@ from tests.unit.nova import isolated
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CASES = os.path.join(HERE, 'cases_servers.py')
+HANDOFF_CASES = os.path.join(HERE, 'cases_handoff.py')
 XML_OUT_ENV = 'SCAPH_NOVA_XML_OUT'
 VIRT_TYPE_ENV = 'SCAPH_NOVA_VIRT_TYPE'
 XML_CASE = 'OptInTest.test_flavor_opt_in'

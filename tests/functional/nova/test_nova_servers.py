@@ -1,8 +1,9 @@
 """Servers booted through Nova's API with scaphandre.LibvirtDriver.
 
-One test per case of cases_servers.py, which runs in child interpreters
-(harness.py). Skipped where Nova's harness cannot run; in CI (CI=true)
-that is a failure instead.
+One test per case of cases_servers.py and of cases_handoff.py (counters
+that follow the instance), which run in child interpreters (harness.py).
+Skipped where Nova's harness cannot run; in CI (CI=true) that is a failure
+instead.
 """
 
 import pytest
@@ -21,6 +22,21 @@ def results(request):
 @pytest.mark.parametrize('case', isolated.case_ids(harness.CASES))
 def test_nova_servers(results, case):
     results.check(case)
+
+
+@pytest.fixture(scope='module')
+def handoff_results(request):
+    reason = harness.unavailable_reason()
+    isolated.require(reason is None, reason)
+    return isolated.run_cases(
+        harness.HANDOFF_CASES,
+        isolated.selected_cases(request, param='handoff_case'))
+
+
+@pytest.mark.parametrize('handoff_case',
+                         isolated.case_ids(harness.HANDOFF_CASES))
+def test_nova_handoff(handoff_results, handoff_case):
+    handoff_results.check(handoff_case)
 
 
 def test_domain_xml_retarget():

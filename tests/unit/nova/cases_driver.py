@@ -810,8 +810,13 @@ def test_the_live_migration_hold_has_a_deadline_until_it_runs(conf):
     inst.save.assert_called_once()
     hold = held_doc()
     assert 0 < hold['expires'] - time.time() <= driver.LIVE_MIGRATION_HOLD_S
-    with mock.patch(PARENT + 'live_migration', return_value=None):
-        drv.live_migration('ctxt', inst, 'dest', None, None)
+    # The conductor's copy of the instance predates the check's record:
+    # live_migration reads it from the database.
+    conductors = instance(system_metadata={})
+    with mock.patch(PARENT + 'live_migration', return_value=None), \
+            mock.patch.object(driver.objects.Instance, 'get_by_uuid',
+                              return_value=inst):
+        drv.live_migration('ctxt', conductors, 'dest', None, None)
     assert held_doc() == {'token': hold['token'], 'expires': None}
 
 
