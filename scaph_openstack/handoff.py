@@ -109,22 +109,32 @@ def file_name(uuid, kind):
     return '%s.%s' % (layout.instance_dir_name(uuid), kind)
 
 
-def open_directory(work_dir, create=False):
-    """An fd of the handoff directory (O_NOFOLLOW), made 0700 if asked;
-    None when it does not exist."""
-    path = directory(work_dir)
-    if create:
+def open_directory(work_dir, create=False, root_fd=None):
+    """An fd of ``<work_dir>/.handoff`` (O_NOFOLLOW), made 0700 if asked;
+    None when it does not exist. ``root_fd``: work_dir already opened
+    (the privsep daemon reaches it without following any symlink)."""
+    own_root = root_fd is None
+    if own_root:
         try:
-            os.mkdir(path, DIR_MODE)
-        except FileExistsError:
-            pass
+            root_fd = fileutil.open_dir(work_dir)
+        except FileNotFoundError:
+            return None
     try:
-        fd = fileutil.open_dir(path)
-    except FileNotFoundError:
-        return None
-    if create:
-        os.fchmod(fd, DIR_MODE)
-    return fd
+        if create:
+            try:
+                os.mkdir(DIR_NAME, DIR_MODE, dir_fd=root_fd)
+            except FileExistsError:
+                pass
+        try:
+            fd = fileutil.open_dir(DIR_NAME, dir_fd=root_fd)
+        except FileNotFoundError:
+            return None
+        if create:
+            os.fchmod(fd, DIR_MODE)
+        return fd
+    finally:
+        if own_root:
+            os.close(root_fd)
 
 
 def write(dir_fd, uuid, kind, doc):
@@ -176,13 +186,13 @@ def scan(dir_fd):
 
 # -- Nova's side (through its privsep daemon, or in-process in tests) --
 
-def request_hold(work_dir, uuid, token, expires=None):
+def request_hold(work_dir, uuid, token, expires=None, root_fd=None):
     """Ask this host's agent to freeze the instance's published values,
     until Nova releases them or, when given, the wall-clock time
     ``expires`` (a hold whose operation never came)."""
     check_token(token)
     check_expires(expires)
-    fd = open_directory(work_dir, create=True)
+    fd = open_directory(work_dir, create=True, root_fd=root_fd)
     try:
         held = read(fd, uuid, HELD)
         if held is not None and held.get('token') != token:
@@ -205,9 +215,9 @@ def hold_expired(doc, now):
     return expires is not None and now > expires
 
 
-def answer_of(work_dir, uuid, token):
+def answer_of(work_dir, uuid, token, root_fd=None):
     """The agent's answer to the hold ``token``, None before it."""
-    fd = open_directory(work_dir)
+    fd = open_directory(work_dir, root_fd=root_fd)
     if fd is None:
         return None
     try:
@@ -219,9 +229,9 @@ def answer_of(work_dir, uuid, token):
     return Counters.from_dict(doc)
 
 
-def release_hold(work_dir, uuid):
+def release_hold(work_dir, uuid, root_fd=None):
     """Let the counters grow again (the instance stays here)."""
-    fd = open_directory(work_dir)
+    fd = open_directory(work_dir, root_fd=root_fd)
     if fd is None:
         return
     try:
@@ -230,9 +240,9 @@ def release_hold(work_dir, uuid):
         os.close(fd)
 
 
-def offer_start(work_dir, uuid, counters):
+def offer_start(work_dir, uuid, counters, root_fd=None):
     """The values the agent publishes at least, once the domain is here."""
-    fd = open_directory(work_dir, create=True)
+    fd = open_directory(work_dir, create=True, root_fd=root_fd)
     try:
         write(fd, uuid, START, counters.as_dict())
     finally:

@@ -13,6 +13,7 @@ entry points"): ``work_dir``, ``export_dir``, ``tmpfs_size`` and
 device and inode numbers; mount(2) is called on the opened directories.
 """
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -292,32 +293,49 @@ def _token(token):
         raise privsep.Refused(str(exc))
 
 
+@contextlib.contextmanager
+def _work_dir():
+    """(work_dir, fd) of the daemon's own work_dir, reached from / without
+    following any symlink."""
+    work_dir = privsep.share_settings().work_dir
+    privsep.check_path(work_dir, 'work_dir')
+    parent, root = fs.open_path(work_dir)
+    try:
+        yield work_dir, root
+    finally:
+        os.close(root)
+        os.close(parent)
+
+
 @privsep.sys_admin.entrypoint
 def hold_counters(uuid, token, expires=None):
     """Ask this host's agent to freeze the instance's counters, until
     released or the wall-clock time ``expires``."""
     privsep.check_uuid(uuid)
+    token = _token(token)
     try:
         handoff.check_expires(expires)
     except handoff.HandoffError as exc:
         raise privsep.Refused(str(exc))
-    handoff.request_hold(privsep.share_settings().work_dir, uuid,
-                         _token(token), expires)
+    with _work_dir() as (work_dir, root):
+        handoff.request_hold(work_dir, uuid, token, expires, root_fd=root)
 
 
 @privsep.sys_admin.entrypoint
 def held_counters(uuid, token):
     """The agent's answer to the hold ``token`` (a dict), None before."""
     privsep.check_uuid(uuid)
-    counters = handoff.answer_of(privsep.share_settings().work_dir, uuid,
-                                 _token(token))
+    token = _token(token)
+    with _work_dir() as (work_dir, root):
+        counters = handoff.answer_of(work_dir, uuid, token, root_fd=root)
     return None if counters is None else counters.as_dict()
 
 
 @privsep.sys_admin.entrypoint
 def release_counters(uuid):
     privsep.check_uuid(uuid)
-    handoff.release_hold(privsep.share_settings().work_dir, uuid)
+    with _work_dir() as (work_dir, root):
+        handoff.release_hold(work_dir, uuid, root_fd=root)
 
 
 @privsep.sys_admin.entrypoint
@@ -326,9 +344,10 @@ def start_counters(uuid, counters):
     dict as held_counters gives) once its domain is here."""
     privsep.check_uuid(uuid)
     start = _counters(counters)
-    work_dir = privsep.share_settings().work_dir
-    handoff.offer_start(work_dir, uuid, start)
+    with _work_dir() as (work_dir, root):
+        handoff.offer_start(work_dir, uuid, start, root_fd=root)
     # Every file the guest looked up on the other host must exist here
     # before its domain runs: virtiofsd reopens them by path.
-    write_instance_share(work_dir, uuid, 'dram' in start.shown_uj,
-                         privsep.require_tmpfs(), start=start)
+    write_instance_share(privsep.share_settings().work_dir, uuid,
+                         'dram' in start.shown_uj, privsep.require_tmpfs(),
+                         start=start)

@@ -21,6 +21,7 @@ from oslo_config import cfg
 
 from scaph_openstack import conf as scaph_conf
 from scaph_openstack.energy import rapl as energy_rapl
+from scaph_openstack import handoff
 from scaph_openstack import privsep
 from scaph_openstack.privsep import fs
 from scaph_openstack.privsep import mounts
@@ -225,6 +226,10 @@ def test_entry_points_take_no_path_and_no_size():
     assert parameters(mounts.ensure_share_mounts) == []
     assert parameters(mounts.create_instance_share) == ['uuid', 'with_dram']
     assert parameters(rapl.read_energy_uj) == ['zone']
+    assert parameters(mounts.hold_counters) == ['uuid', 'token', 'expires']
+    assert parameters(mounts.held_counters) == ['uuid', 'token']
+    assert parameters(mounts.release_counters) == ['uuid']
+    assert parameters(mounts.start_counters) == ['uuid', 'counters']
 
 
 def test_paths_and_sizes_from_a_caller_are_refused(in_process, global_conf,
@@ -686,3 +691,64 @@ def test_rootwrap_filter_refuses_other_sockets(sock):
     filters = our_filters()
     argv = helper_argv(['/etc/nova/nova.conf'], sock=sock)
     assert not [f.name for f in filters if f.match(argv)]
+
+
+# -- the counter handoff (handoff.py) -----------------------------------------
+
+GOOD_COUNTERS = {'token': 't1', 'energy_uj': {'package': 5},
+                 'shown_uj': {'package': 0}}
+
+
+@pytest.mark.parametrize('call', [
+    lambda uuid: mounts.hold_counters(uuid, 't1'),
+    lambda uuid: mounts.held_counters(uuid, 't1'),
+    lambda uuid: mounts.release_counters(uuid),
+    lambda uuid: mounts.start_counters(uuid, GOOD_COUNTERS),
+])
+@pytest.mark.parametrize('uuid', HOSTILE_UUIDS)
+def test_handoff_refuses_hostile_uuids(share, victim, call, uuid):
+    with pytest.raises(privsep.Refused):
+        call(uuid)
+    assert not (share / handoff.DIR_NAME).exists()
+    assert os.listdir(victim) == ['secret']
+
+
+@pytest.mark.parametrize('call', [
+    lambda: mounts.hold_counters(UUID, '../victim'),
+    lambda: mounts.hold_counters(UUID, 't' * 65),
+    lambda: mounts.hold_counters(UUID, 7),
+    lambda: mounts.hold_counters(UUID, 't1', expires='never'),
+    lambda: mounts.hold_counters(UUID, 't1', expires=float('inf')),
+    lambda: mounts.held_counters(UUID, 'a/b'),
+    lambda: mounts.start_counters(UUID, dict(GOOD_COUNTERS,
+                                             energy_uj={'package': -1})),
+    lambda: mounts.start_counters(UUID, dict(GOOD_COUNTERS,
+                                             energy_uj={'package': 2 ** 64})),
+    lambda: mounts.start_counters(UUID, dict(GOOD_COUNTERS,
+                                             shown_uj={'../x': 1})),
+    lambda: mounts.start_counters(UUID, dict(GOOD_COUNTERS,
+                                             shown_uj={'package': '1'})),
+    lambda: mounts.start_counters(UUID, 'not a dict'),
+])
+def test_handoff_refuses_hostile_values(share, call):
+    with pytest.raises(privsep.Refused):
+        call()
+    assert not (share / handoff.DIR_NAME / (UUID + '.hold')).exists()
+    assert not (share / UUID).exists()
+
+
+def test_handoff_never_follows_a_planted_symlink(share, victim):
+    (share / handoff.DIR_NAME).symlink_to(victim)
+    with pytest.raises(OSError):
+        mounts.hold_counters(UUID, 't1')
+    with pytest.raises(OSError):
+        mounts.start_counters(UUID, GOOD_COUNTERS)
+    assert os.listdir(victim) == ['secret']
+
+
+def test_handoff_directory_is_root_only(share):
+    mounts.hold_counters(UUID, 't1')
+    mode = (share / handoff.DIR_NAME).stat().st_mode
+    assert stat.S_IMODE(mode) == handoff.DIR_MODE == 0o700
+    hold = share / handoff.DIR_NAME / (UUID + '.hold')
+    assert stat.S_IMODE(hold.stat().st_mode) == handoff.FILE_MODE
