@@ -22,9 +22,13 @@ LOG = logging.getLogger(__name__)
 
 class HandoffDesk:
 
-    def __init__(self, work_dir, resolution_uj, wallclock=time.time):
+    def __init__(self, work_dir, resolution_uj, wallclock=time.time,
+                 retention_s=86400):
         self.work_dir = work_dir
         self.resolution_uj = resolution_uj
+        # Files of an instance never seen here (a migration that failed
+        # before its domain came) go after this long, like a record.
+        self.retention_s = retention_s
         self.wallclock = wallclock     # Nova writes deadlines in it
         self.states = statelog.StateLog(LOG)
         self._answered = {}        # uuid -> token of the last .held
@@ -51,6 +55,10 @@ class HandoffDesk:
             present = handoff.scan(fd)
             changed, answers = False, []
             for uuid, kinds in present.items():
+                if uuid not in ledger.instances and \
+                        self._stale(fd, uuid, kinds):
+                    handoff.remove(fd, uuid, *kinds)
+                    continue
                 try:
                     changed |= self._one(fd, ledger, uuid, kinds, answers)
                     self.states.recovered(uuid)
@@ -68,6 +76,17 @@ class HandoffDesk:
             return changed, answers
         finally:
             os.close(fd)
+
+    def _stale(self, fd, uuid, kinds):
+        newest = 0.0
+        for kind in kinds:
+            try:
+                newest = max(newest, os.stat(
+                    '%s.%s' % (uuid, kind), dir_fd=fd,
+                    follow_symlinks=False).st_mtime)
+            except OSError:
+                pass
+        return self.wallclock() - newest > self.retention_s
 
     def _one(self, fd, ledger, uuid, kinds, answers):
         record = ledger.instances.get(uuid)

@@ -380,7 +380,8 @@ def build_ticker(conf):
         topology=topology.read_topology(conf.agent.cpu_topology_path),
         max_zone_power_w=conf.energy.max_zone_power,
         handoff_desk=handoffs.HandoffDesk(conf.share.work_dir,
-                                          conf.share.resolution_uj))
+                                          conf.share.resolution_uj,
+                                          retention_s=conf.agent.retention))
 
 
 class AgentService(service.Service):

@@ -215,3 +215,21 @@ def test_a_hold_past_its_deadline_lets_the_counter_grow(tmp_path):
     assert handoff.answer_of(str(a.share), UUID, 'live-3') is None
     directory = tmp_path / 'a' / 'share' / handoff.DIR_NAME
     assert sorted(os.listdir(directory)) == []
+
+
+def test_files_of_an_instance_never_seen_here_go_after_retention(tmp_path):
+    # A live migration that failed before its domain came here: the
+    # start pre_live_migration offered stays no longer than a record.
+    rng = random.Random(4)
+    b = HandoffHost(tmp_path / 'b', 'b')
+    b.ticker.handoff_desk.retention_s = 60
+    b.inventory.set(OTHER, 0)
+    handoff.offer_start(str(b.share), UUID, handoff.Counters(
+        'live-4', {'package': 5}, {'package': 0}))
+    directory = tmp_path / 'b' / 'share' / handoff.DIR_NAME
+    b.run(rng, 2, [OTHER])
+    assert os.listdir(directory) == [UUID + '.start']
+    os.utime(directory / (UUID + '.start'),
+             (b.clock.now - 61, b.clock.now - 61))
+    b.run(rng, 1, [OTHER])
+    assert os.listdir(directory) == []
