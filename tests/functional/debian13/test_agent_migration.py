@@ -14,7 +14,6 @@ every second throughout.
 
 import json
 import os
-import threading
 import time
 import uuid as uuidlib
 
@@ -117,34 +116,6 @@ def prepare_destination(destination, uuid, counters):
     handoff.offer_start(destination.share, uuid, counters)
 
 
-class ReadClock(threading.Thread):
-    """The host's time at which each SCAPH-READ line appeared: the guest's
-    uptime stops while it is paused or saved."""
-
-    def __init__(self, guest):
-        super().__init__(daemon=True)
-        self.guest = guest
-        self.seen = {}
-        self._halt = threading.Event()
-
-    def run(self):
-        while not self._halt.wait(0.1):
-            now = time.monotonic()
-            for r in self.guest.reads():
-                self.seen.setdefault(r.line_no, now)
-
-    def stop(self):
-        self._halt.set()
-        self.join(5)
-
-    def max_gap(self, start, end):
-        """Longest wall-clock gap between reads that appeared between
-        the monotonic times ``start`` and ``end``."""
-        times = sorted(t for t in self.seen.values() if start <= t <= end)
-        return max((b - a for a, b in zip(times, times[1:], strict=False)),
-                   default=0)
-
-
 def numeric_reads(guest):
     return [r for r in guest.reads()
             if r.values.get(PKG, '').isdigit() and
@@ -202,7 +173,7 @@ def test_counters_follow_a_live_migration_then_a_save(
                   memory_mb=160, label='d13-agent',
                   share_dir='%s/%s' % (debian13.SHARE_IN_ROOT, uuid),
                   cmdline_params={'period': 1, 'load': 'duty:40'})
-    clock = ReadClock(guest)
+    clock = debian13.ReadClock(guest)
     try:
         guest.start()
         assert guest.wait_booted(60) == 'ok', guest.tail()

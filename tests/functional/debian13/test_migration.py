@@ -111,33 +111,6 @@ class Writer(threading.Thread):
         self.join(10)
 
 
-class ReadClock(threading.Thread):
-    """Notes the host's time at which each SCAPH-READ line appeared, to
-    tell the wall-clock gaps (the guest's uptime stops while it is
-    paused)."""
-
-    def __init__(self, guest):
-        super().__init__(daemon=True)
-        self.guest = guest
-        self.seen = {}              # line number -> monotonic time
-        self._halt = threading.Event()
-
-    def run(self):
-        while not self._halt.wait(0.1):
-            now = time.monotonic()
-            for r in self.guest.reads():
-                self.seen.setdefault(r.line_no, now)
-
-    def stop(self):
-        self._halt.set()
-        self.join(5)
-
-    def max_gap(self, since=0):
-        times = sorted(t for n, t in self.seen.items() if n >= since)
-        return max((b - a for a, b in zip(times, times[1:], strict=False)),
-                   default=0)
-
-
 def host_of(value):
     return {v: k for k, v in TAG.items()}.get(value % 10)
 
@@ -228,7 +201,7 @@ def test_live_migration_in_place_writes(d13_stack, d13_guest, record_property):
                                       'b': write_in_place})
     writer.hand_off('b', 'a')
     guest = d13_guest(uuid)
-    clock = ReadClock(guest)
+    clock = debian13.ReadClock(guest)
     writer.start()
     clock.start()
     try:

@@ -339,3 +339,34 @@ def _answers(host):
         return True
     except Exception:  # noqa: BLE001 - libvirtError or a missing binding
         return False
+
+
+class ReadClock(threading.Thread):
+    """The host's monotonic time at which each SCAPH-READ line of a guest
+    appeared: the guest's uptime stops while it is paused or saved, so
+    wall-clock gaps through a migration are read here."""
+
+    def __init__(self, guest):
+        super().__init__(daemon=True)
+        self.guest = guest
+        self.seen = {}              # line number -> monotonic time
+        self._halt = threading.Event()
+
+    def run(self):
+        while not self._halt.wait(0.1):
+            now = time.monotonic()
+            for r in self.guest.reads():
+                self.seen.setdefault(r.line_no, now)
+
+    def stop(self):
+        self._halt.set()
+        self.join(5)
+
+    def max_gap(self, start=None, end=None):
+        """Longest gap between reads that appeared between the monotonic
+        times ``start`` and ``end`` (default: all of them)."""
+        times = sorted(t for t in self.seen.values()
+                       if (start is None or t >= start) and
+                       (end is None or t <= end))
+        return max((b - a for a, b in zip(times, times[1:], strict=False)),
+                   default=0)
