@@ -8,6 +8,7 @@ The agent and the CLI call ``register_opts`` on their entry.
 
 from oslo_config import cfg
 
+from scaph_openstack.conf import accounting
 from scaph_openstack.conf import agent
 from scaph_openstack.conf import attribution
 from scaph_openstack.conf import energy
@@ -21,7 +22,7 @@ from scaph_openstack.conf import snapshot
 CONF = cfg.CONF
 
 GROUP_MODULES = (agent, energy, simulated, libvirt, qemu, attribution,
-                 snapshot, share, prometheus)
+                 snapshot, share, prometheus, accounting)
 
 
 def register_opts(conf=CONF):

@@ -1,0 +1,1 @@
+"""Carbon and facility overhead ([accounting], doc/carbon.md)."""
