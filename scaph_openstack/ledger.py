@@ -12,6 +12,7 @@ import functools
 import json
 import math
 
+from scaph_openstack.accounting import carbon as carbon_mod
 from scaph_openstack import fileutil
 from scaph_openstack.inventory import base as inventory_base
 from scaph_openstack import jsonutil
@@ -81,6 +82,12 @@ class InstanceRecord:
     held_uj: dict[str, int] | None = None
     held_idle_uj: dict[str, int] | None = None
     held_token: str = ''
+    # Carbon ([accounting], accounting/carbon.py): this host's own in
+    # carbon units (µJ x PUE x intensity, exact), what was carried in from
+    # other hosts and, while held, the frozen published value, in µg.
+    carbon_units: int = 0
+    carried_carbon_ug: int = 0
+    held_carbon_ug: int | None = None
     # Bumped on every change; not persisted. The report reuses the totals
     # of records that did not change (report.ReportBuilder).
     version: int = dataclasses.field(default=0, compare=False)
@@ -110,15 +117,31 @@ class InstanceRecord:
         return _published(self.idle_kind_totals(), self.carried_idle_uj,
                           self.held_idle_uj)
 
-    def apply_start(self, token, energy_uj, idle_uj=None):
+    @property
+    def carbon_ug(self):
+        """This host's own carbon, whole µg CO2e."""
+        return carbon_mod.ug(self.carbon_units)
+
+    def published_carbon_ug(self):
+        """µg CO2e as published: this host's plus what was carried in,
+        no more than the frozen value while held."""
+        value = self.carbon_ug + self.carried_carbon_ug
+        if self.held_carbon_ug is not None:
+            value = min(value, self.held_carbon_ug)
+        return value
+
+    def apply_start(self, token, energy_uj, idle_uj=None, carbon_ug=None):
         """Publish at least ``energy_uj`` and its idle part ``idle_uj``
-        ({kind: µJ}, carried from another host) from now on; once per
-        token. True if applied."""
+        ({kind: µJ}, carried from another host), and ``carbon_ug`` µg
+        CO2e, from now on; once per token. True if applied."""
         if token == self.start_token:
             return False
         _carry(self.carried_uj, energy_uj, self.kind_totals())
         _carry(self.carried_idle_uj, idle_uj or {},
                self.idle_kind_totals())
+        if carbon_ug:
+            self.carried_carbon_ug = max(self.carried_carbon_ug,
+                                         carbon_ug - self.carbon_ug)
         self.start_token = token
         self.version += 1
         return True
@@ -129,6 +152,7 @@ class InstanceRecord:
         if token != self.held_token or self.held_uj is None:
             self.held_uj = _additive(self.published_kind_totals())
             self.held_idle_uj = _additive(self.published_idle_kind_totals())
+            self.held_carbon_ug = self.published_carbon_ug()
             self.held_token = token
             self.version += 1
         return dict(self.held_uj), dict(self.held_idle_uj or {})
@@ -141,12 +165,14 @@ class InstanceRecord:
         if self.held_uj is None or self.state == STATE_UNDEFINED:
             return False
         self.held_uj, self.held_idle_uj, self.held_token = None, None, ''
+        self.held_carbon_ug = None
         self.version += 1
         return True
 
 
     def reset_counters(self):
         self.energy_uj, self.idle_uj, self.power_w = {}, {}, 0.0
+        self.carbon_units = 0
         self.version += 1
 
 
@@ -187,9 +213,15 @@ class ZoneRecord:
     idle_estimate_state: str = ''
     idle_estimate_w: float = 0.0
     scope: str = ''        # split by its socket's CPU time, or host-wide
+    # Carbon of measured_uj in carbon units (accounting/carbon.py), and
+    # the energy measured while carbon was counted but no intensity was
+    # known (not in carbon_units).
+    carbon_units: int = 0
+    carbon_unknown_uj: int = 0
 
     def reset_counters(self):
         self.measured_uj = self.residual_uj = self.unallocated_idle_uj = 0
+        self.carbon_units = self.carbon_unknown_uj = 0
         self.power_w = self.avg_power_w = self.observed_s = 0.0
 
 
@@ -228,7 +260,8 @@ class Ledger:
         self.attribution_state = {}
 
     def add_tick(self, splits, zones, present, interval_s, now,
-                 placements=None, after_presence=None):
+                 placements=None, after_presence=None, carbon=False,
+                 carbon_factor=None):
         """Add one tick's ZoneSplits. ``zones``: every zone read this tick
         (anything with name, kind and socket, e.g. ZoneReading);
         ``present``: uuid -> (identity, state) of every instance the
@@ -236,7 +269,11 @@ class Ledger:
         (then nobody's state changes); ``placements``: uuid -> how its
         CPU time was placed on sockets; ``after_presence``: called with
         the ledger once the instances are known, before this tick's
-        energy is added (counters carried in start from there)."""
+        energy is added (counters carried in start from there);
+        ``carbon``: whether carbon is counted, ``carbon_factor``: carbon
+        units per µJ this tick (accounting/carbon.py), None when the
+        intensity is unknown (the energy is then counted in the zones'
+        carbon_unknown_uj)."""
         placements = placements or {}
         for record in self.instances.values():
             if record.power_w:
@@ -251,6 +288,8 @@ class Ledger:
                 zone.name, zone.kind, zone.socket))
         for split in splits:
             self._add_split(split, interval_s)
+            if carbon:
+                self._add_carbon(split, carbon_factor)
 
     def _update_presence(self, present, now, placements):
         for uuid, (identity, state) in present.items():
@@ -294,6 +333,16 @@ class Ledger:
             record = self.instances[uuid]
             record.idle_uj[split.zone] = record.idle_uj.get(split.zone, 0) + uj
 
+    def _add_carbon(self, split, factor):
+        zone = self.zones[split.zone]
+        if factor is None:
+            zone.carbon_unknown_uj += split.delta_uj
+            return
+        zone.carbon_units += split.delta_uj * factor
+        if zone.kind in ADDITIVE_KINDS:
+            for uuid, uj in split.instances.items():
+                self.instances[uuid].carbon_units += uj * factor
+
     def expire(self, elapsed_s, retention):
         """Count ``elapsed_s`` (monotonic seconds since the last tick) of
         absence for every undefined instance and drop those absent for
@@ -333,7 +382,10 @@ class Ledger:
                 'carried_uj': r.carried_uj,
                 'carried_idle_uj': r.carried_idle_uj,
                 'start_token': r.start_token, 'held_uj': r.held_uj,
-                'held_idle_uj': r.held_idle_uj, 'held_token': r.held_token}
+                'held_idle_uj': r.held_idle_uj, 'held_token': r.held_token,
+                'carbon_units': r.carbon_units,
+                'carried_carbon_ug': r.carried_carbon_ug,
+                'held_carbon_ug': r.held_carbon_ug}
 
     def to_dict(self):
         doc = self._header()

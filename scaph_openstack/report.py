@@ -11,6 +11,7 @@ once, not by each publisher.
 import dataclasses
 import types
 
+from scaph_openstack.accounting import carbon as carbon_mod
 from scaph_openstack import ledger as ledger_mod
 
 # Idle power estimates, least settled first (attribution/idle.py STATES):
@@ -33,6 +34,7 @@ class InstanceTotals:
     placement: str
     first_seen: float
     last_seen: float
+    carbon_ug: int = 0        # µg CO2e, with PUE, carried in included
 
     @property
     def uuid(self):
@@ -62,6 +64,8 @@ class ZoneTotals:
     idle_estimate_state: str
     idle_estimate_w: float
     scope: str
+    carbon_ug: int = 0        # µg CO2e of measured_uj, with PUE
+    carbon_unknown_uj: int = 0  # measured while no intensity was known
 
     @property
     def additive(self):
@@ -84,6 +88,12 @@ class Report:
     zones: tuple              # ZoneTotals
     expired: tuple = ()       # uuids dropped since the previous report
     inventory_ok: bool = True  # False: instances unattributed this tick
+    # [accounting]: carbon counted and published at all; the intensity
+    # in force at this tick (accounting.carbon.Intensity, None when not
+    # counted), the PUE the carbon counters include.
+    carbon: bool = False
+    carbon_intensity: object = None
+    pue: float = 1.0
 
     def has_kind(self, kind):
         return any(zone.kind == kind for zone in self.zones)
@@ -116,7 +126,8 @@ def instance_totals(record):
         total_uj=ledger_mod.additive_total(kinds),
         idle_total_uj=ledger_mod.additive_total(idle_kinds),
         power_w=record.power_w, placement=record.placement,
-        first_seen=record.first_seen, last_seen=record.last_seen)
+        first_seen=record.first_seen, last_seen=record.last_seen,
+        carbon_ug=record.published_carbon_ug())
 
 
 def zone_totals(zone):
@@ -126,7 +137,9 @@ def zone_totals(zone):
         unallocated_idle_uj=zone.unallocated_idle_uj, power_w=zone.power_w,
         avg_power_w=zone.avg_power_w, observed_s=zone.observed_s,
         idle_estimate_state=zone.idle_estimate_state,
-        idle_estimate_w=zone.idle_estimate_w, scope=zone.scope)
+        idle_estimate_w=zone.idle_estimate_w, scope=zone.scope,
+        carbon_ug=carbon_mod.ug(zone.carbon_units),
+        carbon_unknown_uj=zone.carbon_unknown_uj)
 
 
 class ReportBuilder:

@@ -36,6 +36,7 @@ from oslo_privsep import capabilities as privsep_caps  # noqa: E402
 from oslo_service import loopingcall  # noqa: E402
 from oslo_service import service  # noqa: E402
 
+from scaph_openstack.accounting import carbon  # noqa: E402
 from scaph_openstack.agent import handoffs  # noqa: E402
 from scaph_openstack.agent import plugins  # noqa: E402
 from scaph_openstack.agent import tick  # noqa: E402
@@ -381,7 +382,8 @@ def build_ticker(conf):
         max_zone_power_w=conf.energy.max_zone_power,
         handoff_desk=handoffs.HandoffDesk(conf.share.work_dir,
                                           conf.share.resolution_uj,
-                                          retention_s=conf.agent.retention))
+                                          retention_s=conf.agent.retention),
+        accounting=carbon.from_conf(conf))
 
 
 class AgentService(service.Service):

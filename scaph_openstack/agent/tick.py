@@ -16,6 +16,7 @@ import time
 
 from oslo_log import log as logging
 
+from scaph_openstack.accounting import carbon as carbon_mod
 from scaph_openstack.attribution import base as attribution_base
 from scaph_openstack.energy import base as energy_base
 from scaph_openstack.inventory import base as inventory_base
@@ -114,7 +115,7 @@ class Ticker:
                  retention_s, proc_stat_path='/proc/stat',
                  clock=time.monotonic, wallclock=time.time, topology=None,
                  max_zone_power_w=energy_base.DEFAULT_MAX_ZONE_POWER_W,
-                 handoff_desk=None):
+                 handoff_desk=None, accounting=None):
         self.energy = energy
         self.inventory = inventory
         self.attribution = attribution
@@ -133,6 +134,8 @@ class Ticker:
         self.max_zone_power_w = max_zone_power_w
         # Counters carried between hosts (agent/handoffs.py); None: none.
         self.handoff_desk = handoff_desk
+        # Carbon and PUE (accounting/carbon.py); None: not counted.
+        self.accounting = accounting
         self.baseline = None
         self.source = None
         self.states = statelog.StateLog(LOG)
@@ -367,9 +370,11 @@ class Ticker:
         present = None if instances is None else {
             i.uuid: (i.identity, i.state) for i in instances}
         handoffs = []
+        carbon, intensity, factor = self._carbon(wall)
         self.ledger.add_tick(splits, reading.zones, present, interval, wall,
                              placements, after_presence=lambda ledger:
-                             handoffs.append(self._handoffs()))
+                             handoffs.append(self._handoffs()),
+                             carbon=carbon, carbon_factor=factor)
         expired = self.ledger.expire(interval, self.retention_s)
         self._expired.extend(expired)
         if self.handoff_desk is not None:
@@ -399,12 +404,32 @@ class Ticker:
             stale_after_s=self.stale_after_s, source=reading.source,
             model=self.attribution.name,
             idle_policy=getattr(self.attribution, 'idle_policy', ''),
-            expired=tuple(self._expired), inventory_ok=present is not None)
+            expired=tuple(self._expired), inventory_ok=present is not None,
+            carbon=carbon, carbon_intensity=intensity,
+            pue=self.accounting.pue if self.accounting is not None else 1.0)
         self._expired = []
         self.last_report = report
         self._publish(report, due, now)
         freeze_long_lived_objects()
         return report
+
+    def _carbon(self, wall):
+        """(counted, Intensity in force at ``wall``, carbon units per
+        µJ or None): the intensity at the end of the tick's window is
+        that of the whole window."""
+        accounting = self.accounting
+        if accounting is None or not accounting.enabled:
+            return False, None, None
+        try:
+            intensity = accounting.intensity(wall)
+        except Exception as exc:   # never stop the energy counting
+            self.states.failed('carbon', 'Carbon intensity unavailable, '
+                               'no carbon counted: %s', exc)
+            intensity = carbon_mod.UNKNOWN
+        else:
+            self.states.recovered('carbon', 'Carbon intensity available '
+                                  'again')
+        return True, intensity, accounting.factor(intensity)
 
     def _handoffs(self):
         """(changed, answers) of the handoff directory; (False, [])

@@ -21,7 +21,7 @@ class SnapshotGroupError(ValueError):
     pass
 
 
-def _instance_doc(totals):
+def _instance_doc(totals, carbon=False):
     doc = totals.identity.as_dict()
     energy, idle = totals.energy_uj, totals.idle_uj
     zones = sorted(energy)
@@ -43,11 +43,17 @@ def _instance_doc(totals):
     doc['power_w'] = round(totals.power_w, 6)
     doc['first_seen'] = totals.first_seen
     doc['last_seen'] = totals.last_seen
+    if carbon:
+        doc['carbon_ug'] = totals.carbon_ug
     return doc
 
 
-def _zone_doc(zone, source):
-    return {
+def _carbon_instance_doc(totals):
+    return _instance_doc(totals, carbon=True)
+
+
+def _zone_doc(zone, source, carbon=False):
+    doc = {
         'name': zone.name, 'kind': zone.kind, 'socket': zone.socket,
         'measured_uj': zone.measured_uj, 'residual_uj': zone.residual_uj,
         'unallocated_idle_uj': zone.unallocated_idle_uj,
@@ -57,18 +63,42 @@ def _zone_doc(zone, source):
         'idle_estimate': {'state': zone.idle_estimate_state or None,
                           'watts': round(zone.idle_estimate_w, 6)},
         'scope': zone.scope or None, 'source': source}
+    if carbon:
+        doc['carbon_ug'] = zone.carbon_ug
+        doc['carbon_unknown_uj'] = zone.carbon_unknown_uj
+    return doc
 
 
-def _host_totals(zones):
+def _host_totals(zones, carbon=False):
     additive = [z for z in zones if z.additive]
     measured = sum(z.measured_uj for z in additive)
     residual = sum(z.residual_uj for z in additive)
     idle = sum(z.unallocated_idle_uj for z in additive)
-    return {'energy_uj': measured,
-            'attributed_uj': measured - residual - idle,
-            'residual_uj': residual,
-            'unallocated_idle_uj': idle,
-            'power_w': round(sum(z.power_w for z in additive), 6)}
+    totals = {'energy_uj': measured,
+              'attributed_uj': measured - residual - idle,
+              'residual_uj': residual,
+              'unallocated_idle_uj': idle,
+              'power_w': round(sum(z.power_w for z in additive), 6)}
+    if carbon:
+        totals['carbon_ug'] = sum(z.carbon_ug for z in additive)
+        totals['carbon_unknown_uj'] = sum(z.carbon_unknown_uj
+                                          for z in additive)
+    return totals
+
+
+def _carbon_header(report):
+    """The intensity in force and the PUE: present in every snapshot of
+    an agent that knows [accounting], null intensity when unknown."""
+    intensity = report.carbon_intensity
+    known = intensity is not None and intensity.known
+    return {
+        'pue': report.pue,
+        'carbon_intensity_g_per_kwh': (intensity.g_per_kwh if known
+                                       else None),
+        'carbon_intensity_source': (intensity.source if known
+                                    else 'unknown'),
+        'carbon_intensity_since': (intensity.since if known else None),
+    }
 
 
 def _header(report):
@@ -87,16 +117,23 @@ def _header(report):
         'epoch': report.epoch,
         'epoch_started': report.epoch_started,
         'inventory_ok': report.inventory_ok,
-        'zones': [_zone_doc(z, report.source) for z in report.zones],
-        'host_totals': _host_totals(report.zones),
+        **_carbon_header(report),
+        'zones': [_zone_doc(z, report.source, report.carbon)
+                  for z in report.zones],
+        'host_totals': _host_totals(report.zones, report.carbon),
     }
 
 
 def build(report):
     """The snapshot document for one report.Report."""
     doc = _header(report)
-    doc['instances'] = [_instance_doc(t) for t in report.instances.values()]
+    doc['instances'] = list(map(_instance_function(report),
+                                report.instances.values()))
     return doc
+
+
+def _instance_function(report):
+    return _carbon_instance_doc if report.carbon else _instance_doc
 
 
 def dumps(report):
@@ -104,7 +141,7 @@ def dumps(report):
     instances at a time (jsonutil: a fraction of the peak memory)."""
     return jsonutil.dumps_with_list(
         _header(report), 'instances',
-        map(_instance_doc, report.instances.values()))
+        map(_instance_function(report), report.instances.values()))
 
 
 def write(path, document, mode=MODE, gid=None):
