@@ -245,6 +245,52 @@ class InstanceIdleEnergyPollster(_InstancePollster):
         return _optional_joules(doc, 'idle_uj')
 
 
+UG_PER_G = 1e6
+# Where the agent's carbon intensity came from (doc/carbon.md).
+CARBON_INTENSITY_SOURCES = ('static', 'file', 'unknown')
+
+
+def carbon_metadata(snap):
+    """pue, carbon_intensity (gCO2e/kWh, None when unknown) and
+    carbon_intensity_source of a snapshot; None when it has no pue (an
+    agent before carbon accounting) or they are malformed."""
+    doc = snap.document
+    pue, intensity = doc.get('pue'), doc.get('carbon_intensity_g_per_kwh')
+    source = doc.get('carbon_intensity_source')
+    if isinstance(pue, bool) or not isinstance(pue, (int, float)) or \
+            isinstance(intensity, bool) or \
+            not isinstance(intensity, (int, float, type(None))) or \
+            source not in CARBON_INTENSITY_SOURCES:
+        return None
+    return {'pue': pue, 'carbon_intensity': intensity,
+            'carbon_intensity_source': source}
+
+
+class InstanceCarbonPollster(_InstancePollster):
+    """Carbon (g CO2e) of the instance's energy since it was first seen:
+    per tick, its package and DRAM energy x [accounting] pue x the carbon
+    intensity in force at that tick (doc/carbon.md). Includes the PUE,
+    unlike the energy meters: the sample's ``pue`` metadata says which,
+    ``carbon_intensity`` and ``carbon_intensity_source`` the intensity in
+    force at the snapshot's time (None and ``unknown`` while no carbon is
+    counted). No sample from a snapshot without ``carbon_ug`` (an older
+    agent, or carbon not configured): never a made-up 0."""
+
+    meter_name = 'carbon.instance'
+    meter_type = sample.TYPE_CUMULATIVE
+    meter_unit = 'g'
+
+    def value(self, data, doc):
+        carbon = doc.get('carbon_ug')
+        if isinstance(carbon, bool) or not isinstance(carbon, int) or \
+                carbon < 0:
+            return None
+        metadata = carbon_metadata(data.snapshot)
+        if metadata is None:
+            return None
+        return carbon / UG_PER_G, metadata
+
+
 # -- power.instance: the average over the polling period -----------------
 
 # A cumulative counter at one snapshot: ``counter`` says which counter
