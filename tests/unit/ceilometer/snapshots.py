@@ -8,6 +8,7 @@ keys of that time.
 
 import time
 
+from scaph_openstack.accounting import carbon as carbon_mod
 from scaph_openstack.inventory import base as inventory_base
 from scaph_openstack import ledger as ledger_mod
 from scaph_openstack.publishers import snapshot
@@ -29,6 +30,11 @@ IDLE_UJ = {UUID_A: {'package-0': 6_000_000, 'dram-0': 1_000_000},
 # Each zone's idle power estimate: (state, watts).
 IDLE_ESTIMATES = {'package-0': ('learned', 12.5),
                   'dram-0': ('configured', 2.25)}
+# Carbon (µg CO2e, scale 1) of the two running instances, and what the
+# snapshot says of the intensity and the PUE ([accounting], doc/carbon.md).
+CARBON_UG = {UUID_A: 5_000_000, UUID_B: 2_500_000}
+PUE = 1.2
+INTENSITY = carbon_mod.Intensity(250.5, 'file', 1795290000.0)
 # The keys of a snapshot written before the idle/dynamic split.
 OLD_TOP_KEYS = ('format', 'version', 'host', 'time', 'interval_s',
                 'configured_interval_s', 'stale_after_s', 'source', 'model',
@@ -91,6 +97,8 @@ def make_ledger(scale=1, idle=None, idle_estimates=None):
         record.idle_uj = {zone: uj * scale for zone, uj
                           in idle.get(record.identity.uuid, {}).items()}
         record.placement = 'socket' if record.running else ''
+        record.carbon_units = CARBON_UG.get(
+            record.identity.uuid, 0) * scale * carbon_mod.UNITS_PER_UG
     set_idle_estimates(led, estimates)
     led.epoch, led.epoch_started = EPOCH, EPOCH_STARTED
     return led
@@ -114,15 +122,19 @@ def set_idle_estimates(led, estimates):
 
 
 def document(age=0.0, source='simulated', scale=1, led=None,
-             idle_policy='vcpus'):
+             idle_policy='vcpus', carbon=True, intensity=INTENSITY):
     """A snapshot document of ``led`` (make_ledger(scale) by default).
-    'vcpus' by default: IDLE_UJ would be 0 under 'none'."""
+    'vcpus' by default: IDLE_UJ would be 0 under 'none'. ``carbon``:
+    carbon counted ([accounting] set), the intensity in force
+    ``intensity``."""
     led = led if led is not None else make_ledger(scale)
     led.source = source
     report = report_mod.ReportBuilder().build(
         led, host=HOST, time=time.time() - age, interval_s=2.0,
         configured_interval_s=2.0, stale_after_s=6.0, source=source,
-        model='cputime', idle_policy=idle_policy)
+        model='cputime', idle_policy=idle_policy, carbon=carbon,
+        carbon_intensity=intensity if carbon else None,
+        pue=PUE if carbon else 1.0)
     return snapshot.build(report)
 
 

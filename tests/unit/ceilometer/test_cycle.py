@@ -16,10 +16,10 @@ ALL = test_pollsters.ALL_POLLSTERS
 LOGGER = 'scaph_openstack.ceilometer'
 
 
-# Samples of one cycle of new pollsters on a snapshot: 3 energy meters
-# per instance (power.instance has none on a first poll), 2 host meters
-# per zone.
-FIRST_CYCLE = 3 * 2 + 2 * 2
+# Samples of one cycle of new pollsters on a snapshot: 3 energy meters and
+# carbon per instance (power.instance has none on a first poll), 2 host
+# meters per zone.
+FIRST_CYCLE = 4 * 2 + 2 * 2
 
 
 def one_cycle(conf, resources, cache=None, classes=ALL):
@@ -81,8 +81,9 @@ def test_parallel_pollsters_share_one_read(conf, monkeypatch):
         results = list(pool.map(
             lambda cls: cls(conf).get_samples(None, cache, resources),
             ALL * 2))
-    # 3 energy meters x 1 instance, 2 host meters x 2 zones, twice
-    assert sum(len(r) for r in results) == 2 * (3 * 1 + 2 * 2)
+    # 3 energy meters and carbon x 1 instance, 2 host meters x 2 zones,
+    # twice
+    assert sum(len(r) for r in results) == 2 * (4 * 1 + 2 * 2)
     assert len(calls) == 1
 
 

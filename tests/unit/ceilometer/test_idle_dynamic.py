@@ -300,7 +300,8 @@ def test_old_snapshot_one_cycle(conf):
     # (power.instance: none on a first poll, whatever the snapshot.)
     assert got == {'energy.instance': 2, 'energy.instance.dynamic': 0,
                    'energy.instance.idle': 0, 'power.instance': 0,
-                   'energy.host.zone': 2, 'energy.host.unattributed': 2}
+                   'energy.host.zone': 2, 'energy.host.unattributed': 2,
+                   'carbon.instance': 0}
 
 
 @pytest.mark.parametrize('estimate', [

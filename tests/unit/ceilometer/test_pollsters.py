@@ -15,7 +15,8 @@ from tests.unit.ceilometer import snapshots
 INSTANCE_POLLSTERS = (pollsters.InstanceEnergyPollster,
                       pollsters.InstanceDynamicEnergyPollster,
                       pollsters.InstanceIdleEnergyPollster,
-                      pollsters.InstancePowerPollster)
+                      pollsters.InstancePowerPollster,
+                      pollsters.InstanceCarbonPollster)
 HOST_POLLSTERS = (pollsters.HostZoneEnergyPollster,
                   pollsters.HostUnattributedEnergyPollster)
 ALL_POLLSTERS = INSTANCE_POLLSTERS + HOST_POLLSTERS

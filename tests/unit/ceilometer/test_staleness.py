@@ -114,9 +114,9 @@ def test_one_slow_tick_does_not_drop_a_cycle(conf):
     assert sorted(r.id for r in resources) == [snapshots.UUID_A,
                                                snapshots.UUID_B]
     samples = test_cycle.one_cycle(conf, resources)
-    # 3 energy meters x 2 instances, 2 host meters x 2 zones (power: a
-    # first poll).
-    assert len(samples) == 3 * 2 + 2 * 2
+    # 3 energy meters and carbon x 2 instances, 2 host meters x 2 zones
+    # (power: a first poll).
+    assert len(samples) == 4 * 2 + 2 * 2
 
 
 def test_polls_through_a_slow_tick_keep_power_going(conf):
