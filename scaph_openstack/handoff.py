@@ -47,23 +47,16 @@ class HandoffError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Counters:
     """Per kind (package, dram): the exact µJ, what the guest saw, and
-    the idle part of the exact µJ (Ceilometer's energy.instance.idle);
-    the instance's carbon in µg CO2e (doc/carbon.md), None when the
-    document has none (written before carbon was counted: readers of
-    those versions ignore the key, so it is added only when known)."""
+    the idle part of the exact µJ (Ceilometer's energy.instance.idle)."""
     token: str
     energy_uj: dict
     shown_uj: dict
     idle_uj: dict = dataclasses.field(default_factory=dict)
-    carbon_ug: int | None = None
 
     def as_dict(self):
-        doc = {'token': self.token, 'energy_uj': dict(self.energy_uj),
-               'shown_uj': dict(self.shown_uj),
-               'idle_uj': dict(self.idle_uj)}
-        if self.carbon_ug is not None:
-            doc['carbon_ug'] = self.carbon_ug
-        return doc
+        return {'token': self.token, 'energy_uj': dict(self.energy_uj),
+                'shown_uj': dict(self.shown_uj),
+                'idle_uj': dict(self.idle_uj)}
 
     @classmethod
     def from_dict(cls, doc):
@@ -72,27 +65,15 @@ class Counters:
         return cls(check_token(doc.get('token')),
                    _kinds(doc.get('energy_uj'), 'energy_uj'),
                    _kinds(doc.get('shown_uj'), 'shown_uj'),
-                   _kinds(doc.get('idle_uj', {}), 'idle_uj'),
-                   _carbon(doc.get('carbon_ug')))
+                   _kinds(doc.get('idle_uj', {}), 'idle_uj'))
 
     def at_least(self, other):
         """Per kind the larger of the two; this one's token."""
         if other is None:
             return self
-        carbon = [c for c in (self.carbon_ug, other.carbon_ug)
-                  if c is not None]
         return Counters(self.token, _max(self.energy_uj, other.energy_uj),
                         _max(self.shown_uj, other.shown_uj),
-                        _max(self.idle_uj, other.idle_uj),
-                        max(carbon) if carbon else None)
-
-
-def _carbon(value):
-    if value is None:
-        return None
-    if type(value) is not int or value < 0 or value >= 2 ** 64:
-        raise HandoffError('carbon_ug is not a µg counter: %r' % (value,))
-    return value
+                        _max(self.idle_uj, other.idle_uj))
 
 
 def _max(a, b):

@@ -83,10 +83,11 @@ class InstanceRecord:
     held_idle_uj: dict[str, int] | None = None
     held_token: str = ''
     # Carbon ([accounting], accounting/carbon.py): this host's own in
-    # carbon units (µJ x PUE x intensity, exact), what was carried in from
-    # other hosts and, while held, the frozen published value, in µg.
+    # carbon units (µJ x PUE x intensity, exact) and, while held, the
+    # frozen published value in µg. Not carried to other hosts: Nova
+    # keeps the handoff document in a 255-character system metadata
+    # value (doc/carbon.md, "Live and cold migration").
     carbon_units: int = 0
-    carried_carbon_ug: int = 0
     held_carbon_ug: int | None = None
     # Bumped on every change; not persisted. The report reuses the totals
     # of records that did not change (report.ReportBuilder).
@@ -123,25 +124,22 @@ class InstanceRecord:
         return carbon_mod.ug(self.carbon_units)
 
     def published_carbon_ug(self):
-        """µg CO2e as published: this host's plus what was carried in,
-        no more than the frozen value while held."""
-        value = self.carbon_ug + self.carried_carbon_ug
+        """µg CO2e as published: this host's, no more than the frozen
+        value while held."""
+        value = self.carbon_ug
         if self.held_carbon_ug is not None:
             value = min(value, self.held_carbon_ug)
         return value
 
-    def apply_start(self, token, energy_uj, idle_uj=None, carbon_ug=None):
+    def apply_start(self, token, energy_uj, idle_uj=None):
         """Publish at least ``energy_uj`` and its idle part ``idle_uj``
-        ({kind: µJ}, carried from another host), and ``carbon_ug`` µg
-        CO2e, from now on; once per token. True if applied."""
+        ({kind: µJ}, carried from another host) from now on; once per
+        token. True if applied."""
         if token == self.start_token:
             return False
         _carry(self.carried_uj, energy_uj, self.kind_totals())
         _carry(self.carried_idle_uj, idle_uj or {},
                self.idle_kind_totals())
-        if carbon_ug:
-            self.carried_carbon_ug = max(self.carried_carbon_ug,
-                                         carbon_ug - self.carbon_ug)
         self.start_token = token
         self.version += 1
         return True
@@ -384,7 +382,6 @@ class Ledger:
                 'start_token': r.start_token, 'held_uj': r.held_uj,
                 'held_idle_uj': r.held_idle_uj, 'held_token': r.held_token,
                 'carbon_units': r.carbon_units,
-                'carried_carbon_ug': r.carried_carbon_ug,
                 'held_carbon_ug': r.held_carbon_ug}
 
     def to_dict(self):

@@ -97,7 +97,7 @@ class HandoffDesk:
             start = handoff.Counters.from_dict(
                 handoff.read(fd, uuid, handoff.START))
             if record.apply_start(start.token, start.energy_uj,
-                                  start.idle_uj, start.carbon_ug):
+                                  start.idle_uj):
                 LOG.info('Instance %s: counters continue from %s µJ '
                          'carried in', uuid, start.energy_uj)
                 changed = True
@@ -116,8 +116,6 @@ class HandoffDesk:
             before = record.held_token if record is not None else None
             held, held_idle = (record.hold(token) if record is not None
                                else ({}, {}))
-            held_carbon = (record.held_carbon_ug if record is not None
-                           else None)
             if record is not None and before != token:
                 LOG.info('Instance %s: counters held at %s µJ', uuid, held)
                 changed = True
@@ -126,7 +124,7 @@ class HandoffDesk:
                 answers.append((uuid, handoff.Counters(
                     token, held,
                     {kind: layout.quantise(uj, self.resolution_uj)
-                     for kind, uj in held.items()}, held_idle, held_carbon)))
+                     for kind, uj in held.items()}, held_idle)))
         elif handoff.HELD in kinds:
             handoff.remove(fd, uuid, handoff.HELD)
             self._answered.pop(uuid, None)
