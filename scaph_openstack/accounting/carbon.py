@@ -11,7 +11,11 @@ two thousandths scale PUE and g->mg). What is published is
 
 import dataclasses
 
+from oslo_log import log as logging
+
 from scaph_openstack.accounting import intensity as intensity_mod
+
+LOG = logging.getLogger(__name__)
 
 # 1e3 (PUE in thousandths) x 1e3 (g -> mg) x 3.6e12 µJ per kWh / 1e6 µg
 # per g.
@@ -95,4 +99,14 @@ def from_conf(conf):
         table = intensity_mod.IntensityFile(
             opts.carbon_intensity_file, opts.carbon_intensity_max_age,
             fallback=opts.carbon_intensity is not None)
-    return Accounting(opts.pue, opts.carbon_intensity, table)
+    accounting = Accounting(opts.pue, opts.carbon_intensity, table)
+    if accounting.enabled:
+        LOG.info('Counting carbon: pue=%s, carbon intensity from %s',
+                 opts.pue, ' else '.join(
+                     what for what in (
+                         opts.carbon_intensity_file and
+                         'file %s' % opts.carbon_intensity_file,
+                         opts.carbon_intensity is not None and
+                         'static %s gCO2e/kWh' % opts.carbon_intensity)
+                     if what))
+    return accounting
