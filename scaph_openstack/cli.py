@@ -1,5 +1,5 @@
 """scaph-openstack: operator commands (status; attach/detach/proxmox-args
-for hosts without Nova)."""
+for hosts without Nova; telemetry-setup for Gnocchi)."""
 
 import argparse
 import json
@@ -213,7 +213,56 @@ def cmd_proxmox_args(args, out=sys.stdout):
     return 0
 
 
-def build_parser():
+def cmd_telemetry_setup(args, out=sys.stdout):
+    """Gnocchi's archive policies and resource types for our meters, with
+    the caller's credentials (OS_* variables or --os-* options, as the
+    openstack command takes them)."""
+    from gnocchiclient import client as gnocchi_client
+    from gnocchiclient import exceptions as gnocchi_exc
+    from keystoneauth1 import exceptions as ks_exc
+    from keystoneauth1 import loading as ks_loading
+    from scaph_openstack.telemetry import gnocchi
+    try:
+        auth = ks_loading.load_auth_from_argparse_arguments(args)
+        session = ks_loading.load_session_from_argparse_arguments(
+            args, auth=auth)
+        client = gnocchi_client.Client('1', session, adapter_options={
+            'interface': args.os_interface,
+            'region_name': args.os_region_name,
+            'endpoint_override': args.metric_url})
+        changes = gnocchi.ensure(client)
+    except (gnocchi.SetupError, gnocchi_exc.ClientException,
+            ks_exc.ClientException) as exc:
+        return _fail('telemetry-setup: %s' % exc)
+    for change in changes:
+        out.write('%-15s %-28s %s\n' % (change.what, change.name,
+                                        change.action))
+    return 0
+
+
+def _telemetry_setup_parser(sub, argv):
+    from keystoneauth1 import loading as ks_loading
+    command = sub.add_parser(
+        'telemetry-setup', help="create Gnocchi's archive policies and "
+                                'resource types for the energy meters')
+    command.add_argument(
+        '--metric-url', default=os.environ.get('SCAPH_METRIC_URL'),
+        help="Gnocchi's URL (default: the catalog's metric service)")
+    command.add_argument('--os-interface',
+                         default=os.environ.get('OS_INTERFACE', 'public'))
+    command.add_argument('--os-region-name',
+                         default=os.environ.get('OS_REGION_NAME'))
+    ks_loading.register_session_argparse_arguments(command)
+    # The auth type's own options (--os-username, ...) depend on the
+    # --os-auth-type given: keystoneauth reads it from the arguments.
+    rest = argv[argv.index('telemetry-setup') + 1:] \
+        if 'telemetry-setup' in argv else []
+    ks_loading.register_auth_argparse_arguments(command, rest,
+                                                default='password')
+    command.set_defaults(func=cmd_telemetry_setup)
+
+
+def build_parser(argv=()):
     parser = argparse.ArgumentParser(prog='scaph-openstack')
     sub = parser.add_subparsers(dest='command', required=True)
     status = sub.add_parser('status', help='per-instance power and energy '
@@ -235,11 +284,16 @@ def build_parser():
     pve.add_argument('vmid')
     pve.add_argument('--config-file')
     pve.set_defaults(func=cmd_proxmox_args)
+    if 'telemetry-setup' in argv:
+        # keystoneauth only for this one: the others run on compute nodes
+        # without it being needed.
+        _telemetry_setup_parser(sub, list(argv))
     return parser
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     return args.func(args)
 
 

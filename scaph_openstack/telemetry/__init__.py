@@ -1,0 +1,1 @@
+"""What Gnocchi needs to store our meters, and the command that makes it."""
