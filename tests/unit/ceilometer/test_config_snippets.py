@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
 ETC = os.path.join(ROOT, 'etc', 'ceilometer')
 METERS = {'energy.instance', 'energy.instance.dynamic',
           'energy.instance.idle', 'power.instance', 'energy.host.zone',
-          'energy.host.unattributed'}
+          'energy.host.unattributed', 'carbon.instance'}
 
 
 def load_yaml(name):
@@ -62,25 +62,48 @@ def test_gnocchi_snippet_maps_every_meter(conf, tmp_path):
     assert {m: metric_map[m].cfg['resource_type'] for m in METERS} == {
         'energy.instance': 'instance', 'energy.instance.dynamic': 'instance',
         'energy.instance.idle': 'instance', 'power.instance': 'instance',
-        'energy.host.zone': 'energy_zone',
+        'carbon.instance': 'instance', 'energy.host.zone': 'energy_zone',
         'energy.host.unattributed': 'energy_zone'}
     # The instance meters come from one entry: one resource, its metrics.
     assert metric_map['energy.instance'] is \
         metric_map['energy.instance.dynamic'] is \
-        metric_map['energy.instance.idle'] is metric_map['power.instance']
-    # Counters get the policy with rate:mean, like Ceilometer's cpu; the
-    # gauge gets the publisher's default.
+        metric_map['energy.instance.idle'] is \
+        metric_map['carbon.instance'] is metric_map['power.instance']
+    # Counters get our policy with last and rate:sum, the gauge the one
+    # with mean and max.
     policies = {m: metric_map[m].metrics[m].get('archive_policy_name')
                 for m in METERS}
-    assert policies == {
-        'energy.instance': 'ceilometer-low-rate',
-        'energy.instance.dynamic': 'ceilometer-low-rate',
-        'energy.instance.idle': 'ceilometer-low-rate',
-        'power.instance': 'ceilometer-low',
-        'energy.host.zone': 'ceilometer-low-rate',
-        'energy.host.unattributed': 'ceilometer-low-rate'}
-    assert metric_map['cpu'].metrics['cpu']['archive_policy_name'] == \
-        'ceilometer-low-rate'
+    assert policies == {m: 'scaph-energy' for m in METERS
+                        if m != 'power.instance'} | {
+        'power.instance': 'scaph-power'}
+
+
+def test_archive_policies_are_telemetry_setups(conf, tmp_path):
+    """The snippet's archive_policies (which the publisher creates) are
+    the ones scaph-openstack telemetry-setup creates."""
+    # Gnocchi's own parser of these strings (a dependency of gnocchi).
+    import pytimeparse
+
+    from scaph_openstack.telemetry import gnocchi as setup
+
+    def shape(policy):
+        return (policy['name'], sorted(policy['aggregation_methods']),
+                policy['back_window'],
+                [(pytimeparse.parse(d['granularity']),
+                  pytimeparse.parse(d['timespan']))
+                 for d in policy['definition']])
+    shipped = load_yaml('gnocchi_resources.yaml')['archive_policies']
+    created = [dict(p, definition=[
+        {'granularity': setup._seconds(d['granularity']),
+         'timespan': setup._seconds(d['timespan'])}
+        for d in p['definition']]) for p in setup.ARCHIVE_POLICIES]
+
+    def seconds(policy):
+        return (policy['name'], sorted(policy['aggregation_methods']),
+                policy['back_window'],
+                [(d['granularity'], d['timespan'])
+                 for d in policy['definition']])
+    assert [shape(p) for p in shipped] == [seconds(p) for p in created]
 
 
 def test_gnocchi_attributes_from_our_samples(conf, tmp_path):
@@ -96,6 +119,7 @@ def test_gnocchi_attributes_from_our_samples(conf, tmp_path):
     # No flavor id in the snapshot: the attribute is left alone rather
     # than overwritten with something else.
     assert attrs == {'host': snapshots.HOST, 'display_name': 'web',
-                     'flavor_name': 'm1.small'}
+                     'flavor_name': 'm1.small',
+                     'energy_source': 'simulated'}
     assert metric_map['energy.host.zone'].sample_attributes(zone) == {
         'node': snapshots.HOST, 'zone': 'package-0', 'kind': 'package'}
