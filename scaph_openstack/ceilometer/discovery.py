@@ -123,17 +123,22 @@ class SnapshotInstance(compute_discovery.NovaLikeServer):
     from: the pollsters reuse it instead of reading the file again.
     """
 
-    def __init__(self, doc, snap):
+    def __init__(self, doc, snap, with_flavor_id=False):
         host = snap.host
-        # No 'id': the snapshot has no flavor id. Never sometimes: the
+        # 'id' (Nova's libvirt metadata has it since 2025.2) only when
+        # every instance of the snapshot has one (``with_flavor_id``): the
         # Prometheus exporter needs the same labels on every sample of a
-        # meter, and adds flavor_id only when there is one.
+        # meter, and adds flavor_id only when there is one. Gnocchi needs
+        # it to create an instance resource (Ceilometer's type requires
+        # flavor_id): doc/ceilometer.md, "Gnocchi".
         flavor = {'name': doc['flavor'],
                   'vcpus': doc.get('vcpus') or 0,
                   'ram': doc.get('memory_mb') or 0,
                   # Not in the snapshot: 0, as Ceilometer's discovery does
                   # when Nova's metadata lacks them.
                   'disk': 0, 'ephemeral': 0, 'swap': 0}
+        if with_flavor_id:
+            flavor['id'] = doc['flavor_id']
         super().__init__(**{
             'id': doc['uuid'],
             'name': doc.get('display_name') or doc['name'],
@@ -183,14 +188,15 @@ class SnapshotInstanceDiscovery(plugin_base.DiscoveryBase):
         snap = read_snapshot(self.conf)
         if snap is None:
             return []
-        resources = []
+        docs = []
         for doc in snap.running_instances:
             if is_nova_instance(doc):
-                resources.append(SnapshotInstance(doc, snap))
+                docs.append(doc)
             else:
                 LOG.debug('Instance %s has no Nova owner metadata: no '
                           'Ceilometer samples for it', doc.get('uuid'))
-        return resources
+        with_flavor_id = all(doc.get('flavor_id') for doc in docs)
+        return [SnapshotInstance(doc, snap, with_flavor_id) for doc in docs]
 
     @property
     def group_id(self):

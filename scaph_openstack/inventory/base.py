@@ -36,6 +36,9 @@ class InstanceIdentity:
     vcpus: int | None = None
     memory_mb: int | None = None
     nova: bool = False
+    # Nova writes it in its libvirt metadata since 2025.2 (the id
+    # attribute of <nova:flavor>); None before.
+    flavor_id: str | None = None
 
     @functools.cached_property
     def _fields(self):

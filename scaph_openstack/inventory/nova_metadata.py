@@ -71,4 +71,5 @@ def identity_from_xml(xml_text):
         if flavor is not None else None,
         memory_mb=_int(_text(flavor, 'nova:memory', ns))
         if flavor is not None else None,
+        flavor_id=(flavor.get('id') or None) if flavor is not None else None,
         nova=True)

@@ -69,3 +69,12 @@ def test_partial_metadata_keeps_what_is_there():
 def test_garbage_is_a_metadata_error(xml):
     with pytest.raises(nova_metadata.MetadataError):
         nova_metadata.identity_from_xml(xml)
+
+
+def test_flavor_id_when_nova_writes_it():
+    # Nova 2025.2 and later: <nova:flavor name=... id=...>.
+    xml = NOVA_11.replace('<nova:flavor name="m1.small">',
+                          '<nova:flavor name="m1.small" id="42">')
+    assert nova_metadata.identity_from_xml(xml).flavor_id == '42'
+    # Before: none, never the name in its place.
+    assert nova_metadata.identity_from_xml(NOVA_11).flavor_id is None

@@ -76,3 +76,27 @@ def test_invalid_snapshot_discovers_nothing(conf):
     with open(conf.scaphandre.snapshot_path, 'w') as f:
         f.write('{"format": "something else"}')
     assert discover(conf) == []
+
+
+def _with_flavor_ids(conf, ids):
+    """A snapshot whose Nova instances carry these flavor ids (None: the
+    key absent, as from Nova before 2025.2)."""
+    doc = snapshots.document()
+    nova = [i for i in doc['instances'] if i.get('nova')]
+    for instance, flavor_id in zip(nova, ids, strict=False):
+        if flavor_id is not None:
+            instance['flavor_id'] = flavor_id
+    snapshots.write_document(conf.scaphandre.snapshot_path, doc)
+    return {r.id: r.flavor for r in discover(conf)}
+
+
+def test_flavor_id_when_every_instance_has_one(conf):
+    # Gnocchi needs it to create an instance resource.
+    flavors = _with_flavor_ids(conf, ['1', '2', '3'])
+    assert sorted(f['id'] for f in flavors.values()) == ['1', '2']
+
+
+def test_no_flavor_id_unless_every_instance_has_one(conf):
+    # The same exporter labels on every sample of a cycle.
+    flavors = _with_flavor_ids(conf, ['1', None, None])
+    assert flavors and all('id' not in f for f in flavors.values())
