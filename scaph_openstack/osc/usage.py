@@ -92,7 +92,10 @@ def seconds(value):
         secs)
 
 
-def _number(value):
+def whole(value):
+    """300.0 -> 300 (None stays None)."""
+    if value is None:
+        return None
     return int(value) if float(value).is_integer() else value
 
 
@@ -120,14 +123,14 @@ def choose_granularity(policy, start, now, requested=None):
         if float(requested) not in [g for g, _ in levels]:
             raise UsageError(
                 'granularity %s s is not kept by archive policy %s (%s)' % (
-                    _number(float(requested)), policy.get('name'),
-                    ', '.join('%s s' % _number(g) for g, _ in levels)))
-        return _number(float(requested))
+                    whole(float(requested)), policy.get('name'),
+                    ', '.join('%s s' % whole(g) for g, _ in levels)))
+        return whole(float(requested))
     wanted = (now - start).total_seconds()
     for granularity, timespan in levels:
         if timespan is None or timespan - granularity >= wanted:
-            return _number(granularity)
-    return _number(levels[-1][0])
+            return whole(granularity)
+    return whole(levels[-1][0])
 
 
 @dataclasses.dataclass

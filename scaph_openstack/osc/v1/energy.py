@@ -54,13 +54,24 @@ class Text(columns.FormattableColumn):
         return self._value
 
 
+class Blank(columns.FormattableColumn):
+    """Text, or None shown as nothing (json: null)."""
+
+    def human_readable(self):
+        return '' if self._value is None else str(self._value)
+
+    def machine_readable(self):
+        return self._value
+
+
 def row(server):
     return (
-        server.id, server.name, server.project_id, Text(server.source),
+        server.id, Blank(server.name), Blank(server.project_id),
+        Text(server.source),
         KWh(server.energy_kwh), Watts(server.average_w),
         KWh(server.dynamic_kwh), KWh(server.idle_kwh),
         Grams(server.carbon_g), usage.isoformat(server.start),
-        usage.isoformat(server.end), server.seconds,
+        usage.isoformat(server.end), Blank(usage.whole(server.seconds)),
         server.granularity, server.resets,
     )
 
