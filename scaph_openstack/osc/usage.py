@@ -269,7 +269,7 @@ def total(servers, granularity):
     ends = [s.end for s in servers if s.end is not None]
     sources = sorted({s.source or 'unknown' for s in servers})
     return ServerEnergy(
-        id='Total', name=None, project_id=None,
+        id='Total', name='Total', project_id=None,
         source=', '.join(sources) if sources else None,
         granularity=granularity,
         start=min(starts) if starts else None,

@@ -1,8 +1,8 @@
 """``openstack server energy show`` and ``openstack energy usage``.
 
 Thin cliff commands over scaph_openstack.osc.usage (doc/cli.md). Numbers
-are columns that print rounded with their unit in the table formats and
-as plain numbers (null when unknown) with -f json/csv/yaml/value.
+print rounded, with "unknown", in tables, and as plain numbers (null when
+unknown) with -f json/csv/yaml/value.
 """
 
 import contextlib
@@ -64,8 +64,12 @@ class Blank(columns.FormattableColumn):
         return self._value
 
 
-def row(server):
-    return (
+def row(server, human=True):
+    """The columns of one server (or the total). ``human``: cliff columns
+    that print rounded, with 'unknown', in tables; else the plain values
+    (cliff's csv formatter would write a column's None as "None" and
+    quote its numbers)."""
+    values = (
         server.id, Blank(server.name), Blank(server.project_id),
         Text(server.source),
         KWh(server.energy_kwh), Watts(server.average_w),
@@ -74,6 +78,15 @@ def row(server):
         usage.isoformat(server.end), Blank(usage.whole(server.seconds)),
         server.granularity, server.resets,
     )
+    if human:
+        return values
+    return tuple(v.machine_readable()
+                 if isinstance(v, columns.FormattableColumn) else v
+                 for v in values)
+
+
+def _human(parsed_args):
+    return getattr(parsed_args, 'formatter', 'table') == 'table'
 
 
 @contextlib.contextmanager
@@ -120,7 +133,7 @@ class ShowServerEnergy(command.ShowOne):
             span = usage.window(parsed_args.start, parsed_args.end)
             server = usage.server_energy(client, parsed_args.server, span,
                                          parsed_args.granularity)
-        return COLUMNS, row(server)
+        return COLUMNS, row(server, _human(parsed_args))
 
 
 class ListEnergyUsage(command.Lister):
@@ -141,4 +154,6 @@ class ListEnergyUsage(command.Lister):
             span = usage.window(parsed_args.start, parsed_args.end)
             servers, total = usage.usage(client, span, parsed_args.project,
                                          parsed_args.granularity)
-        return COLUMNS, [row(s) for s in servers] + [row(total)]
+        human = _human(parsed_args)
+        return COLUMNS, [row(s, human) for s in servers] + [row(total,
+                                                                  human)]

@@ -345,6 +345,10 @@ def test_csv_and_table(world):
     by_id = {r['ID']: r for r in rows}
     assert float(by_id[web.id]['Energy (kWh)']) == pytest.approx(
         float(expected(web, G)['Energy (kWh)']), rel=1e-12)
+    # Unknown is empty, numbers are not quoted.
+    assert by_id[servers['a_db'].id]['Carbon (g CO2e)'] == ''
+    assert 'None' not in proc.stdout
+    assert ',%s,' % by_id[web.id]['Energy (kWh)'] in proc.stdout
     proc = openstack(stack, ['energy', 'usage', '--project', a,
                              start_arg(times), '-f', 'table'])
     assert web.id in proc.stdout and '| Total' in proc.stdout

@@ -49,10 +49,19 @@ def test_row_machine_and_human():
     assert machine(row['Source']) == 'rapl'
 
 
-def test_total_row_blank_name():
+def test_row_plain_values_for_machine_formats():
+    row = dict(zip(energy.COLUMNS, energy.row(server(name=None), False),
+                   strict=True))
+    assert row['Energy (kWh)'] == 0.01 and row['Carbon (g CO2e)'] is None
+    assert row['Name'] is None and row['Seconds'] == 3600
+    assert row['Source'] == 'rapl'
+
+
+def test_total_row():
     row = dict(zip(energy.COLUMNS, energy.row(usage.total([], 300)),
                    strict=True))
-    assert human(row['Name']) == '' and machine(row['Name']) is None
+    assert row['ID'] == 'Total' and human(row['Name']) == 'Total'
+    assert human(row['Project']) == '' and machine(row['Project']) is None
     assert human(row['Average (W)']) == 'unknown'
     assert human(row['Source']) == 'unknown'
 
