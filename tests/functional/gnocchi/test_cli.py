@@ -31,6 +31,7 @@ import pytest
 
 from tests.functional.helpers import agent as agentlib
 from tests.functional.helpers import gnocchi as gnocchilib
+from tests.functional.helpers import require
 
 F = fractions.Fraction
 UTC = datetime.timezone.utc
@@ -133,6 +134,8 @@ def make_samples(server, times, rng):
 @pytest.fixture(scope='module')
 def world(tmp_path_factory):
     stack = gnocchilib.ensure_gnocchi()
+    require(agentlib.venv_bin('openstack') is not None,
+            'python-openstackclient is not installed (test-requirements)')
     stack.ceilometer_upgrade(tmp_path_factory.mktemp('ceilometer'))
     stack.telemetry_setup()
     admin = stack.client()

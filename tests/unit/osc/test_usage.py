@@ -312,3 +312,45 @@ def test_aggregates_operations_ask_every_metric_twice():
         assert '(%s rate:sum)' % metric in ops
         assert '(%s last)' % metric in ops
     assert ops.startswith('(metric (')
+
+
+class FakeAggregates:
+    def __init__(self, answer=None, error=None):
+        self.answer, self.error, self.calls = answer, error, []
+
+    def fetch(self, operations, **kwargs):
+        self.calls.append((operations, kwargs))
+        if self.error:
+            raise self.error
+        return self.answer
+
+
+def test_fetch_one_call_grouped_by_server():
+    client = FakeClient([])
+    client.aggregates = FakeAggregates(groups(
+        ('a', 'x', 'p', 'rapl', measures(series([1.0], [1.0]))),
+        ('b', 'y', 'p', 'rapl', measures(series([9.0], [9.0])))))
+    servers = usage.fetch(client, {'=': {'project_id': 'p'}}, T0, None,
+                          300, usage.GROUPBY)
+    assert [s.id for s in servers] == ['b', 'a']
+    [(operations, kwargs)] = client.aggregates.calls
+    assert operations == usage.aggregates_operations()
+    assert kwargs['granularity'] == 300
+    assert kwargs['resource_type'] == 'instance'
+    assert kwargs['search'] == {'=': {'project_id': 'p'}}
+    assert kwargs['groupby'] == ['id', 'display_name', 'project_id']
+
+
+def test_fetch_nothing_found_is_empty():
+    client = FakeClient([])
+    client.aggregates = FakeAggregates(error=gnocchi_exc.MetricNotFound(
+        404, "Metric ['energy.instance'] does not exist"))
+    assert usage.fetch(client, {}, T0, None, 300, usage.GROUPBY) == []
+
+
+def test_fetch_wrong_policy_is_an_error():
+    client = FakeClient([])
+    client.aggregates = FakeAggregates(error=gnocchi_exc.NotFound(
+        404, 'Metrics with unknown aggregation'))
+    with pytest.raises(usage.UsageError, match='scaph-energy'):
+        usage.fetch(client, {}, T0, None, 300, usage.GROUPBY)
