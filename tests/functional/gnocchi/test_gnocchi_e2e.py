@@ -34,7 +34,6 @@ import fractions
 import os
 
 import pytest
-import yaml
 
 from scaph_openstack import ledger as ledger_mod
 from tests.functional.helpers import agent as agentlib
@@ -89,51 +88,6 @@ def _libvirt_uri():
     except (libvirtd.LibvirtdError, OSError) as exc:
         require(False, 'libvirtd cannot be started: %s' % exc)
     return libvirtd.DEFAULT_URI
-
-
-def resources_definition(tmp_path):
-    """Ceilometer's own gnocchi_resources.yaml with our snippet appended,
-    as doc/ceilometer.md tells an operator to do."""
-    from ceilometer.publisher import gnocchi as publisher
-    default = os.path.join(os.path.dirname(publisher.__file__), 'data',
-                           'gnocchi_resources.yaml')
-    with open(default) as f:
-        merged = yaml.safe_load(f)
-    ours = yaml.safe_load(open(os.path.join(
-        ceilolib.ROOT, 'etc', 'ceilometer', 'gnocchi_resources.yaml')))
-    merged['resources'].extend(ours['resources'])
-    merged['archive_policies'].extend(ours['archive_policies'])
-    path = tmp_path / 'gnocchi_resources.yaml'
-    path.write_text(yaml.safe_dump(merged))
-    return str(path)
-
-
-def notification_agent(tmp_path, rabbit, stack, out):
-    notif_dir = tmp_path / 'notification'
-    notif_dir.mkdir()
-    # No Keystone: the publisher cannot look up the "service" project whose
-    # samples it would filter out, so that filter is off.
-    gnocchi_url = 'gnocchi://?enable_filter_project=false&' \
-        'resources_definition_file=%s' % resources_definition(notif_dir)
-    pipeline = {'sources': [{'name': 'scaph_source',
-                             'meters': list(ceilolib.METERS) +
-                             ['carbon.instance'],
-                             'sinks': ['scaph_sink']}],
-                'sinks': [{'name': 'scaph_sink',
-                           'publishers': [gnocchi_url,
-                                          'file://%s?json' % out]}]}
-    pipeline_path = notif_dir / 'pipeline.yaml'
-    pipeline_path.write_text(yaml.safe_dump(pipeline))
-    conf = agentlib.write_config(str(notif_dir / 'ceilometer.conf'), {
-        'DEFAULT': {'transport_url': rabbit.url,
-                    'pipeline_cfg_file': str(pipeline_path),
-                    'log_file': str(notif_dir / 'notification.log')},
-        'notification': {'pipelines': 'meter', 'workers': 1},
-        'service_credentials': stack.ceilometer_credentials(),
-    })
-    return agentlib.ManagedProcess(
-        [ceilolib.ceilometer_bin('ceilometer-agent-notification'),
-         '--config-file', conf], str(notif_dir / 'notification.out'))
 
 
 def ledger_counters(agent):
@@ -200,7 +154,8 @@ def test_energy_reaches_gnocchi(tmp_path, stack, guests, processes,  # noqa: F81
         i['uuid'] for i in s.instances if i['running'] and i['total_uj']})
 
     out = os.path.join(str(tmp_path), 'samples.json')
-    notification = notification_agent(tmp_path, broker, stack, out)
+    notification = gnocchilib.notification_agent(
+        tmp_path / 'notification', broker.url, stack, file_out=out)
     processes.append(notification.start())
     polling = ceilolib.Polling(tmp_path, agent.snapshot_path,
                                polling={'enable_notifications': True},

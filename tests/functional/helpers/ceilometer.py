@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
 POLLING_SNIPPET = os.path.join(ROOT, 'etc', 'ceilometer', 'polling.yaml')
 METERS = ('energy.instance', 'energy.instance.dynamic',
           'energy.instance.idle', 'power.instance', 'energy.host.zone',
-          'energy.host.unattributed')
+          'energy.host.unattributed', 'carbon.instance')
 POLL_INTERVAL = 1
 LOGGER = 'scaph_openstack.ceilometer'
 
@@ -82,10 +82,16 @@ class Polling(agentlib.ManagedProcess):
 class ExporterPolling(Polling):
     """ceilometer-polling showing what it polls in Prometheus format."""
 
-    def __init__(self, tmp_path, snapshot_path, **kwargs):
+    def __init__(self, tmp_path, snapshot_path, transport_url=None,
+                 **kwargs):
+        """``transport_url``: also send the samples as notifications
+        there (for ceilometer-agent-notification); none by default."""
         self.port = agentlib.free_port()
+        if transport_url:
+            kwargs['default'] = dict(kwargs.get('default') or {},
+                                     transport_url=transport_url)
         super().__init__(tmp_path, snapshot_path, polling={
-            'enable_notifications': False,
+            'enable_notifications': bool(transport_url),
             'enable_prometheus_exporter': True,
             'prometheus_listen_addresses': '127.0.0.1:%d' % self.port,
         }, **kwargs)
