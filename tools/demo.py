@@ -5,9 +5,12 @@ agent (``scaph-openstack-agent``), the share attached with
 ``scaph-openstack attach`` (what the Nova hook does for Nova instances),
 the guest mounting it with the cloud-init snippet's options and reading
 its own energy_uj, and ``ceilometer-polling`` publishing our meters
-through its Prometheus exporter. It reuses the functional tests'
-launchers (tests/functional/helpers) so the demo and the tests cannot
-drift apart.
+through its Prometheus exporter and, over RabbitMQ, to
+``ceilometer-agent-notification`` and its gnocchi:// publisher, into a real
+Gnocchi (tools/gnocchi-stack), which the tenant's ``openstack server energy
+show`` and ``openstack energy usage`` read at the end. It reuses the
+functional tests' launchers (tests/functional/helpers) so the demo and the
+tests cannot drift apart.
 """
 
 import argparse
@@ -25,13 +28,18 @@ import yaml
 from scaph_openstack import snapshot as snapshot_mod
 from tests.functional.helpers import agent as agent_helper
 from tests.functional.helpers import ceilometer as ceilometer_helper
+from tests.functional.helpers import gnocchi as gnocchi_helper
 from tests.functional.helpers import guest as guest_helper
 from tests.functional.helpers import libvirtd
+from tests.functional.helpers import rabbitmq
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLOUD_INIT = os.path.join(ROOT, 'etc', 'cloud-init', 'scaphandre-share.yaml')
 PROJECT = ('8a3f0c1e-0000-4000-8000-00000000d3e0', 'demo-project')
 USER = ('5b2e9d4a-0000-4000-8000-00000000d3e1', 'demo-user')
+# A static example value for [accounting] carbon_intensity (g CO2e/kWh),
+# said as such: an operator sets their grid's (doc/carbon.md).
+CARBON_INTENSITY = 250.0
 
 
 def say(message):
@@ -65,6 +73,7 @@ def agent_sections(workdir, interval):
         # auto: real RAPL when readable, else simulated with a WARNING
         'energy': {'source': 'auto'},
         'attribution': {'idle_policy': 'vcpus'},
+        'accounting': {'carbon_intensity': CARBON_INTENSITY},
         'share': {'work_dir': os.path.join(workdir, 'shares'),
                   'export_dir': os.path.join(workdir, 'export'),
                   'manage_mounts': True, 'tmpfs_size': '4m',
@@ -173,9 +182,11 @@ def run(args, workdir, stack):
     guest.start()
     guest.wait_for(r'SCAPH-MOUNT ok', timeout=180)
     say('guest mounted its share read-only at %s' % cloud_init_mount()['mnt'])
-    say('starting ceilometer-polling with its Prometheus exporter')
-    polling = ceilometer_helper.ExporterPolling(workdir,
-                                                agent.snapshot_path)
+    gnocchi = start_gnocchi(workdir, stack)
+    say('starting ceilometer-polling (its Prometheus exporter, and '
+        'notifications to ceilometer-agent-notification -> Gnocchi)')
+    polling = ceilometer_helper.ExporterPolling(
+        workdir, agent.snapshot_path, transport_url=gnocchi.broker_url)
     stack.append(polling)
     polling.start()
     say('columns: host/VM power from the agent snapshot; what the guest '
@@ -188,6 +199,48 @@ def run(args, workdir, stack):
         table.print_row(row(started, agent, guest, meter, polling))
         time.sleep(args.refresh)
     print_summary(agent, guest, polling)
+    print_tenant_view(gnocchi, guest)
+
+
+class DemoGnocchi:
+    def __init__(self, stack, broker_url):
+        self.stack, self.broker_url = stack, broker_url
+
+
+def start_gnocchi(workdir, stack):
+    """RabbitMQ, Gnocchi (PostgreSQL, gnocchi-api, metricd), Ceilometer's
+    and our resource types, and the notification agent."""
+    say('starting RabbitMQ and Gnocchi (PostgreSQL, gnocchi-api, '
+        'gnocchi-metricd: tools/gnocchi-stack)')
+    broker = rabbitmq.ensure_rabbitmq()
+    gnocchi = gnocchi_helper.start_stack()
+    gnocchi.ceilometer_upgrade(workdir)
+    for line in gnocchi.telemetry_setup().splitlines():
+        say('scaph-openstack telemetry-setup: %s' % ' '.join(line.split()))
+    notification = gnocchi_helper.notification_agent(
+        os.path.join(workdir, 'notification'), broker.url, gnocchi)
+    stack.append(notification)
+    notification.start()
+    return DemoGnocchi(gnocchi, broker.url)
+
+
+def print_tenant_view(gnocchi, guest):
+    """What the demo project's member sees with the openstack command
+    (their own Keystone session in a cloud; Gnocchi's identity headers
+    here, doc/cli.md)."""
+    openstack = agent_helper.venv_bin('openstack')
+    auth = ['--os-auth-type', 'gnocchi-noauth', '--os-user-id', USER[0],
+            '--os-project-id', PROJECT[0], '--os-roles', 'member',
+            '--os-endpoint', gnocchi.stack.endpoint]
+    for command in (['server', 'energy', 'show', guest.uuid],
+                    ['energy', 'usage']):
+        say('as the tenant: openstack %s' % ' '.join(command))
+        result = subprocess.run([openstack, *auth, *command],
+                                capture_output=True, text=True, timeout=120)
+        print(result.stdout, end='', flush=True)
+        if result.returncode:
+            say('openstack %s failed: %s' % (' '.join(command),
+                                             result.stderr.strip()[-500:]))
 
 
 def print_summary(agent, guest, polling):

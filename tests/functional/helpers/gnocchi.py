@@ -158,20 +158,35 @@ def run(argv, timeout, env=None):
     return proc
 
 
-def ensure_gnocchi():
-    """The stack, started if needed (root; PostgreSQL from Debian's
-    packages and gnocchi in the virtualenv: tools/install-deps)."""
-    require(os.geteuid() == 0, 'the Gnocchi stack runs PostgreSQL as root')
-    require(agentlib.venv_bin('gnocchi-api') is not None,
-            'gnocchi is not installed (tools/install-deps)')
+class StackError(RuntimeError):
+    pass
+
+
+def start_stack():
+    """Start tools/gnocchi-stack (if needed); the Gnocchi. StackError
+    when it cannot start."""
     proc = subprocess.run(['bash', STACK, 'start'], capture_output=True,
                           text=True, timeout=300)
-    require(proc.returncode == 0,
-            'tools/gnocchi-stack start failed:\n%s' % proc.stderr[-3000:])
+    if proc.returncode:
+        raise StackError('tools/gnocchi-stack start failed:\n%s'
+                         % proc.stderr[-3000:])
     env = subprocess.run(['bash', STACK, 'env'], capture_output=True,
                          text=True, check=True).stdout
     values = dict(line.split('=', 1) for line in env.split())
     return Gnocchi(values['GNOCCHI_ENDPOINT'], values['GNOCCHI_CONF'])
+
+
+def ensure_gnocchi():
+    """The stack, started if needed (root; PostgreSQL from Debian's
+    packages and gnocchi in the virtualenv: tools/install-deps); skipped
+    where it cannot run (a failure when CI=true)."""
+    require(os.geteuid() == 0, 'the Gnocchi stack runs PostgreSQL as root')
+    require(agentlib.venv_bin('gnocchi-api') is not None,
+            'gnocchi is not installed (tools/install-deps)')
+    try:
+        return start_stack()
+    except StackError as exc:
+        require(False, str(exc))
 
 
 def new_project():
