@@ -16,16 +16,22 @@
 #                       (compute_driver = scaphandre.LibvirtDriver and
 #                       [scaphandre]), the shim linked into Nova's tree,
 #                       the rootwrap filter; Ceilometer's polling.yaml
-#                       and [scaphandre] snapshot_path
+#                       and [scaphandre] snapshot_path (ceilometer-acompute),
+#                       its gnocchi_resources.yaml (ceilometer-anotification)
 #   stack extra         Ceilometer again (see below)
-#   stack test-config   nothing: no tempest plugin
+#   stack test-config   Gnocchi's archive policies and resource types
+#                       (scaph-openstack telemetry-setup as devstack's
+#                       admin), when gnocchi-api is enabled: Gnocchi runs
+#                       and ceilometer-upgrade has created the instance
+#                       type (both at ceilometer's extra phase)
 #   unstack             stop the agent, unmount the shares, undo the Nova
 #                       and Ceilometer changes
 #   clean               remove configuration, ledger and share directories
 #
 # The Ceilometer changes are applied at post-config and again at extra:
 # whichever order the two plugins are enabled in, ceilometer-acompute
-# (started at ceilometer's own extra phase) reads our meters.
+# and ceilometer-anotification (started at ceilometer's own extra phase)
+# read our files.
 
 XTRACE_SCAPH=$(set +o | grep xtrace)
 set +o xtrace
@@ -221,6 +227,77 @@ os.replace(tmp, target)
 EOF
 }
 
+# Adds (add) or removes (remove) the entries of
+# $SCAPH_OPENSTACK_GNOCCHI_RESOURCES in Ceilometer's gnocchi_resources.yaml:
+# our archive policies (by name) and our resource entries (an entry whose
+# metrics are all meters of our file: Ceilometer's own entries for the same
+# resource types are kept). Previous copies of ours are taken out first,
+# so applying it twice changes nothing; every other entry and key is kept.
+# Without the file (devstack's Ceilometer does not install one: the
+# publisher falls back to its package's copy), the merge starts from that
+# copy: a file with our entries alone would drop every Ceilometer meter.
+function _scaph_edit_gnocchi_resources {
+    local action=$1
+    local target
+    target=$(_scaph_ceilometer_conf_dir)/gnocchi_resources.yaml
+    local base=${CEILOMETER_DIR:-$DEST/ceilometer}/ceilometer/publisher/data/gnocchi_resources.yaml
+    if [[ "$action" == remove && ! -f "$target" ]]; then
+        return
+    fi
+    if [[ ! -f "$SCAPH_OPENSTACK_GNOCCHI_RESOURCES" ]]; then
+        die $LINENO "$SCAPH_OPENSTACK_GNOCCHI_RESOURCES not found"
+    fi
+    if [[ ! -f "$target" && ! -f "$base" ]]; then
+        die $LINENO "neither $target nor Ceilometer's default $base" \
+            "exists (CEILOMETER_DIR): is Ceilometer installed?"
+    fi
+    "${PYTHON:-python3}" - "$action" "$SCAPH_OPENSTACK_GNOCCHI_RESOURCES" \
+        "$target" "$base" <<'EOF'
+import copy
+import os
+import sys
+
+import yaml
+
+action, ours_path, target, base = sys.argv[1:]
+with open(ours_path) as f:
+    ours = yaml.safe_load(f) or {}
+our_resources = ours.get('resources') or []
+our_policies = ours.get('archive_policies') or []
+# The meters of our file; an entry whose metrics are all of them is ours
+# (Ceilometer's metrics may be a list or a mapping).
+meters = {m for r in our_resources for m in r.get('metrics') or ()}
+policy_names = {p['name'] for p in our_policies}
+
+
+def is_ours(resource):
+    names = set(resource.get('metrics') or ())
+    return bool(names) and names <= meters
+
+
+start = target if os.path.exists(target) else base
+with open(start) as f:
+    doc = yaml.safe_load(f) or {}
+new = copy.deepcopy(doc)
+policies = [p for p in new.get('archive_policies') or []
+            if p.get('name') not in policy_names]
+resources = [r for r in new.get('resources') or [] if not is_ours(r)]
+if action == 'add':
+    policies.extend(our_policies)
+    resources.extend(our_resources)
+if policies or 'archive_policies' in new:
+    new['archive_policies'] = policies
+new['resources'] = resources
+if new == doc and start == target:
+    sys.exit(0)          # nothing to change: leave the file as it is
+tmp = target + '.scaph-tmp'
+with open(tmp, 'w') as f:
+    f.write('---\n')
+    yaml.safe_dump(new, f, default_flow_style=False, sort_keys=False)
+os.replace(tmp, target)
+EOF
+}
+
 # The ceilometer plugin defines these; defaults for an unstack without it.
 function _scaph_ceilometer_conf_dir {
     echo "${CEILOMETER_CONF_DIR:-/etc/ceilometer}"
@@ -232,17 +309,55 @@ function _scaph_ceilometer_conf {
 
 function scaph_configure_ceilometer {
     mkdir -p "$(_scaph_ceilometer_conf_dir)"
-    _scaph_edit_polling add
-    iniset "$(_scaph_ceilometer_conf)" scaphandre snapshot_path \
-        "$SCAPH_OPENSTACK_SNAPSHOT_PATH"
+    if is_service_enabled ceilometer-acompute; then
+        _scaph_edit_polling add
+        iniset "$(_scaph_ceilometer_conf)" scaphandre snapshot_path \
+            "$SCAPH_OPENSTACK_SNAPSHOT_PATH"
+    fi
+    # The notification agent's gnocchi:// publisher reads it.
+    if is_service_enabled ceilometer-anotification; then
+        _scaph_edit_gnocchi_resources add
+    fi
 }
 
 function scaph_unconfigure_ceilometer {
     local conf
     conf=$(_scaph_ceilometer_conf)
     _scaph_edit_polling remove
+    _scaph_edit_gnocchi_resources remove
     if [[ -f "$conf" ]] && ini_has_option "$conf" scaphandre snapshot_path; then
         inidelete "$conf" scaphandre snapshot_path
+    fi
+}
+
+# Gnocchi -----------------------------------------------------------------
+
+# Gnocchi's archive policies, the energy_zone resource type and the
+# instance type's energy_source attribute: what Gnocchi needs before it
+# accepts our meters. As devstack's admin (openrc's OS_* variables, read
+# by keystoneauth), in a subshell so that they stay out of devstack's
+# environment. Idempotent: a second stack.sh finds everything present.
+function scaph_setup_gnocchi {
+    local command=$SCAPH_OPENSTACK_BIN_DIR/scaph-openstack
+    local openrc=$TOP_DIR/openrc
+    if [[ ! -f "$openrc" ]]; then
+        die $LINENO "$openrc not found (TOP_DIR): no admin credentials" \
+            "for scaph-openstack telemetry-setup"
+    fi
+    if [[ ! -x "$command" ]]; then
+        die $LINENO "$command not found (SCAPH_OPENSTACK_BIN_DIR):" \
+            "is scaph-openstack installed?"
+    fi
+    if ! (
+        # openrc (stackrc and devstack's functions) is not nounset-clean.
+        set +o nounset
+        # shellcheck source=/dev/null
+        source "$openrc" admin admin >/dev/null || exit 1
+        exec "$command" telemetry-setup
+    ); then
+        die $LINENO "scaph-openstack telemetry-setup failed: Gnocchi lacks" \
+            "the archive policies or resource types of the energy meters" \
+            "(its output above)"
     fi
 }
 
@@ -289,18 +404,22 @@ if is_service_enabled scaph-agent scaph-nova; then
             echo_summary "Configuring Nova for scaph-openstack"
             scaph_configure_nova
         fi
-        if is_service_enabled ceilometer-acompute; then
+        if is_service_enabled ceilometer-acompute ceilometer-anotification; then
             echo_summary "Configuring Ceilometer for scaph-openstack"
             scaph_configure_ceilometer
         fi
 
     elif [[ "$1" == "stack" && "$2" == "extra" ]]; then
-        if is_service_enabled ceilometer-acompute; then
+        if is_service_enabled ceilometer-acompute ceilometer-anotification; then
             scaph_configure_ceilometer
         fi
 
     elif [[ "$1" == "stack" && "$2" == "test-config" ]]; then
-        :
+        if is_service_enabled gnocchi-api; then
+            echo_summary "Creating Gnocchi's archive policies and resource" \
+                "types for scaph-openstack"
+            scaph_setup_gnocchi
+        fi
     fi
 
     if [[ "$1" == "unstack" ]]; then

@@ -16,6 +16,7 @@ against the command line oslo.privsep builds), the example configuration
 import configparser
 import filecmp
 import fnmatch
+import json
 import os
 import re
 import shutil
@@ -30,6 +31,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(
 RUN_PHASE = os.path.join(REPO, 'tests', 'devstack', 'run-phase')
 SHIM = os.path.join(REPO, 'nova_shim', 'nova', 'virt', 'scaphandre')
 POLLING = os.path.join(REPO, 'etc', 'ceilometer', 'polling.yaml')
+GNOCCHI_RESOURCES = os.path.join(REPO, 'etc', 'ceilometer',
+                                 'gnocchi_resources.yaml')
 FILTERS_DIR = os.path.join(REPO, 'etc', 'scaph-openstack', 'rootwrap.d')
 EXAMPLE = os.path.join(REPO, 'etc', 'scaph-openstack',
                        'scaph-openstack.conf.example')
@@ -52,6 +55,41 @@ CEILOMETER_POLLING = {'sources': [
     {'name': 'all_pollsters', 'interval': 300, 'meters': ['*']}]}
 
 ALL_SERVICES = 'key,n-api,n-cpu,ceilometer-acompute,ceilometer-anotification'
+
+# devstack's openrc, faked: sourced by the plugin in a subshell, it exports
+# the admin's credentials as keystoneauth's OS_* variables. Like the real
+# one (stackrc, devstack's functions) it is not nounset-clean.
+OPENRC = '''# fake devstack openrc: source openrc [username] [projectname]
+_fake_record openrc "$@"
+if [[ -n "$FAKE_OPENRC_NOT_SET" ]]; then :; fi
+export OS_AUTH_TYPE=password
+export OS_USERNAME=${1:-demo}
+export OS_PROJECT_NAME=${2:-demo}
+export OS_PASSWORD=secret
+export OS_AUTH_URL=http://127.0.0.1/identity
+export OS_REGION_NAME=RegionOne
+export OS_USER_DOMAIN_ID=default
+export OS_PROJECT_DOMAIN_ID=default
+'''
+
+# The scaph-openstack console script, faked: records its arguments and
+# environment (JSON, one call a line) and exits with $FAKE_SCAPH_RC.
+FAKE_SCAPH_OPENSTACK = '''#!%(python)s
+import json, os, sys
+with open(%(record)r, 'a') as f:
+    f.write(json.dumps({'argv': sys.argv[1:], 'env': dict(os.environ)}))
+    f.write('\\n')
+print('archive policy  scaph-energy                 created')
+sys.exit(int(os.environ.get('FAKE_SCAPH_RC', '0')))
+'''
+
+
+def ceilometer_gnocchi_resources():
+    """Ceilometer's own gnocchi_resources.yaml (its package's copy, the
+    publisher's fallback), from the installed ceilometer."""
+    import ceilometer.publisher
+    return os.path.join(os.path.dirname(ceilometer.publisher.__file__),
+                        'data', 'gnocchi_resources.yaml')
 
 
 def setup_cfg_pollsters():
@@ -109,6 +147,16 @@ class Devstack:
         self.ceilometer_conf = os.path.join(self.ceilometer_conf_dir,
                                             'ceilometer.conf')
         self.polling = os.path.join(self.ceilometer_conf_dir, 'polling.yaml')
+        self.gnocchi_resources = os.path.join(self.ceilometer_conf_dir,
+                                              'gnocchi_resources.yaml')
+        self.ceilometer_default_resources = os.path.join(
+            self.ceilometer_dir, 'ceilometer/publisher/data',
+            'gnocchi_resources.yaml')
+        self.top_dir = os.path.join(r, 'opt/stack/devstack')
+        self.openrc = os.path.join(self.top_dir, 'openrc')
+        self.scaph_openstack = os.path.join(r, 'usr/local/bin',
+                                            'scaph-openstack')
+        self.scaph_openstack_record = str(tmp_path / 'scaph-openstack.calls')
         self.conf_dir = os.path.join(r, 'etc/scaph-openstack')
         self.conf = os.path.join(self.conf_dir, 'scaph-openstack.conf')
         self.data_dir = os.path.join(r, 'opt/stack/data')
@@ -143,6 +191,14 @@ class Devstack:
         with open(os.path.join(self.ceilometer_dir,
                                'etc/ceilometer/polling.yaml'), 'w') as f:
             yaml.safe_dump(CEILOMETER_POLLING, f)
+        # Ceilometer's gnocchi_resources.yaml is in its package only: its
+        # devstack plugin installs none into /etc/ceilometer.
+        os.makedirs(os.path.dirname(self.ceilometer_default_resources))
+        shutil.copy(ceilometer_gnocchi_resources(),
+                    self.ceilometer_default_resources)
+        os.makedirs(self.top_dir)
+        with open(self.openrc, 'w') as f:
+            f.write(OPENRC)
         open(self.mounts, 'w').close()
 
         self.env = {
@@ -167,6 +223,7 @@ class Devstack:
             'CEILOMETER_CONF_DIR': self.ceilometer_conf_dir,
             'CEILOMETER_CONF': self.ceilometer_conf,
             'SYSTEMD_DIR': self.systemd_dir,
+            'TOP_DIR': self.top_dir,
             'SCAPH_OPENSTACK_DIR': REPO,
             'SCAPH_OPENSTACK_CONF_DIR': self.conf_dir,
             'SCAPH_OPENSTACK_RUN_DIR': self.run_dir,
@@ -180,6 +237,22 @@ class Devstack:
         with open(self.polling, 'w') as f:
             f.write('---\n')
             yaml.safe_dump(doc, f)
+
+    def fake_scaph_openstack(self):
+        """A scaph-openstack console script in the bin directory that
+        records its calls (scaph_openstack_calls())."""
+        os.makedirs(os.path.dirname(self.scaph_openstack), exist_ok=True)
+        with open(self.scaph_openstack, 'w') as f:
+            f.write(FAKE_SCAPH_OPENSTACK % {
+                'python': sys.executable,
+                'record': self.scaph_openstack_record})
+        os.chmod(self.scaph_openstack, 0o755)
+
+    def scaph_openstack_calls(self):
+        if not os.path.exists(self.scaph_openstack_record):
+            return []
+        with open(self.scaph_openstack_record) as f:
+            return [json.loads(line) for line in f]
 
     def run(self, *phase, check=True):
         result = subprocess.run([RUN_PHASE] + list(phase), env=self.env,
@@ -235,6 +308,21 @@ def devstack(tmp_path, our_polling):
 def our_sources(ds):
     return yaml_load(ds.env.get('SCAPH_OPENSTACK_POLLING_YAML',
                                 POLLING))['sources']
+
+
+def our_gnocchi_resources():
+    return yaml_load(GNOCCHI_RESOURCES)
+
+
+def with_ours(doc):
+    """doc (a gnocchi_resources.yaml) with our archive policies and
+    resource entries appended, everything else as it was."""
+    ours = our_gnocchi_resources()
+    merged = dict(doc)
+    merged['archive_policies'] = (doc.get('archive_policies', []) +
+                                  ours['archive_policies'])
+    merged['resources'] = doc['resources'] + ours['resources']
+    return merged
 
 
 def stack_group():
@@ -357,6 +445,10 @@ def test_stack_unstack_clean(devstack):
     assert polling == CEILOMETER_POLLING['sources'] + our_sources(ds)
     assert ini(ds.ceilometer_conf)['scaphandre']['snapshot_path'] == \
         conf.snapshot.path
+    # gnocchi_resources.yaml: Ceilometer's default (devstack installs no
+    # copy) with our archive policies and resources appended.
+    ceilometer_default = yaml_load(ds.ceilometer_default_resources)
+    assert yaml_load(ds.gnocchi_resources) == with_ours(ceilometer_default)
     after_config = tree(ds.root)
 
     ds.run('stack', 'extra')
@@ -384,6 +476,7 @@ def test_stack_unstack_clean(devstack):
     assert os.path.isdir(SHIM)            # the link, not the shim, is gone
     assert not os.path.exists(ds.filter)
     assert yaml_load(ds.polling) == CEILOMETER_POLLING
+    assert yaml_load(ds.gnocchi_resources) == ceilometer_default
     assert not ini(ds.ceilometer_conf).has_option('scaphandre',
                                                   'snapshot_path')
 
@@ -441,6 +534,230 @@ def test_our_meters_are_our_pollsters(devstack):
     for meter in meters:
         assert fnmatch.filter(pollsters, meter.lstrip('!')), meter
     assert all(fnmatch.filter(meters, p) for p in pollsters)
+
+
+# Gnocchi -----------------------------------------------------------------
+
+# What an operator (or an older Ceilometer plugin) may have in the file:
+# an entry of theirs mixing one of our meters with theirs is theirs.
+OPERATOR_POLICY = {'name': 'site-policy', 'aggregation_methods': ['mean'],
+                   'back_window': 0,
+                   'definition': [{'granularity': '1 hour',
+                                   'timespan': '7 days'}]}
+OPERATOR_RESOURCE = {'resource_type': 'instance',
+                     'metrics': {'cpu': None, 'energy.instance': None}}
+
+
+def our_meters():
+    return {m for r in our_gnocchi_resources()['resources']
+            for m in r['metrics']}
+
+
+def write_yaml(path, doc):
+    with open(path, 'w') as f:
+        f.write('---\n')
+        yaml.safe_dump(doc, f, sort_keys=False)
+
+
+def test_our_gnocchi_resources_are_our_meters():
+    """The file the plugin merges declares every meter we poll (else
+    Gnocchi drops it) and no other: the plugin finds its own entries by
+    their meters."""
+    assert our_meters() == set(setup_cfg_pollsters())
+    names = [p['name'] for p in our_gnocchi_resources()['archive_policies']]
+    assert names == ['scaph-energy', 'scaph-power']
+
+
+def test_gnocchi_resources_idempotent(devstack):
+    ds = devstack
+    ds.run('stack', 'post-config')
+    with open(ds.gnocchi_resources, 'rb') as f:
+        first = f.read()
+    inode = os.stat(ds.gnocchi_resources).st_ino
+    ds.run('stack', 'extra')
+    ds.run('stack', 'post-config')
+    with open(ds.gnocchi_resources, 'rb') as f:
+        assert f.read() == first
+    # Nothing to change: the file is not even rewritten.
+    assert os.stat(ds.gnocchi_resources).st_ino == inode
+    doc = yaml_load(ds.gnocchi_resources)
+    names = [p['name'] for p in doc['archive_policies']]
+    assert names.count('scaph-energy') == names.count('scaph-power') == 1
+
+
+def test_gnocchi_resources_other_entries_kept(devstack):
+    """An existing file: its entries, ours appended; an older copy of ours
+    (other meters of ours, another policy definition) replaced, not
+    duplicated; unstack gives the file back as it was."""
+    ds = devstack
+    default = yaml_load(ds.ceilometer_default_resources)
+    theirs = dict(default)
+    theirs['archive_policies'] = default['archive_policies'] + [
+        OPERATOR_POLICY]
+    theirs['resources'] = default['resources'] + [OPERATOR_RESOURCE]
+    old_ours = {
+        'archive_policies': [{'name': 'scaph-energy',
+                              'aggregation_methods': ['last'],
+                              'back_window': 0,
+                              'definition': [{'granularity': '1 hour',
+                                              'timespan': '7 days'}]}],
+        'resources': [{'resource_type': 'instance',
+                       'metrics': ['energy.instance']}]}
+    stale = dict(theirs)
+    stale['archive_policies'] = (theirs['archive_policies'] +
+                                 old_ours['archive_policies'])
+    stale['resources'] = theirs['resources'] + old_ours['resources']
+    write_yaml(ds.gnocchi_resources, stale)
+
+    ds.run('stack', 'post-config')
+    assert yaml_load(ds.gnocchi_resources) == with_ours(theirs)
+    ds.run('unstack')
+    assert yaml_load(ds.gnocchi_resources) == theirs
+
+
+def test_gnocchi_resources_rewritten_by_ceilometer(devstack):
+    """Ceilometer's post-config ran after ours and put its own file in
+    place (older Ceilometer plugins copy it): our extra phase, before
+    ceilometer's (which starts the notification agent), merges again."""
+    ds = devstack
+    ds.run('stack', 'post-config')
+    shutil.copy(ds.ceilometer_default_resources, ds.gnocchi_resources)
+    ds.run('stack', 'extra')
+    assert yaml_load(ds.gnocchi_resources) == with_ours(
+        yaml_load(ds.ceilometer_default_resources))
+
+
+def test_gnocchi_resources_without_any_ceilometer_file(devstack):
+    """Neither /etc/ceilometer's file nor Ceilometer's default: a file with
+    our entries alone would drop every Ceilometer meter, so the plugin
+    stops instead."""
+    os.unlink(devstack.ceilometer_default_resources)
+    result = devstack.run('stack', 'post-config', check=False)
+    assert result.returncode != 0
+    assert "Ceilometer's default" in result.stderr
+    assert not os.path.exists(devstack.gnocchi_resources)
+    # unstack without the file: nothing to do.
+    devstack.run('unstack')
+    assert not os.path.exists(devstack.gnocchi_resources)
+
+
+def test_gnocchi_resources_only_with_the_notification_agent(devstack):
+    devstack.env['ENABLED_SERVICES'] = 'n-cpu,ceilometer-acompute'
+    devstack.stack()
+    assert not os.path.exists(devstack.gnocchi_resources)
+    assert yaml_load(devstack.polling)['sources'] == \
+        CEILOMETER_POLLING['sources'] + our_sources(devstack)
+
+
+def test_notification_agent_alone(devstack):
+    """A controller: the notification agent, no compute agent. Our
+    resources, not our polling source nor the snapshot path."""
+    devstack.env['ENABLED_SERVICES'] = 'n-api,ceilometer-anotification'
+    devstack.stack()
+    assert yaml_load(devstack.gnocchi_resources) == with_ours(
+        yaml_load(devstack.ceilometer_default_resources))
+    assert yaml_load(devstack.polling) == CEILOMETER_POLLING
+    assert not ini(devstack.ceilometer_conf).has_section('scaphandre')
+
+
+def test_ceilometer_publisher_loads_the_merged_file(devstack):
+    """Ceilometer's gnocchi:// publisher, given the merged file, sends our
+    meters to our resource entries and policies, and its own meters to
+    its own entries."""
+    from ceilometer.publisher import gnocchi as gnocchi_publisher
+    from oslo_config import cfg
+    devstack.run('stack', 'post-config')
+    definitions, policies = gnocchi_publisher.GnocchiPublisher.\
+        _load_definitions(cfg.ConfigOpts(), None, devstack.gnocchi_resources)
+    metric_map = {metric: rd for rd in definitions for metric in rd.metrics}
+    ours = {r['resource_type']: r for r in
+            our_gnocchi_resources()['resources']}
+    for meter in our_meters():
+        rd = metric_map[meter]
+        expected = ours[rd.cfg['resource_type']]
+        assert meter in expected['metrics']
+        assert rd.metrics[meter]['archive_policy_name'] == \
+            expected['metrics'][meter]['archive_policy_name']
+        assert set(rd.cfg['attributes']) == set(expected['attributes'])
+    assert metric_map['energy.instance'].cfg['resource_type'] == 'instance'
+    assert metric_map['energy.host.zone'].cfg['resource_type'] == \
+        'energy_zone'
+    # Ceilometer's own instance meters still go to Ceilometer's entry.
+    assert metric_map['cpu'].cfg['resource_type'] == 'instance'
+    assert 'energy.instance' not in metric_map['cpu'].metrics
+    # Every resource entry loaded (a bad one is logged and skipped).
+    default = yaml_load(devstack.ceilometer_default_resources)
+    assert len(definitions) == len(default['resources']) + len(ours)
+    assert [p['name'] for p in policies][-2:] == ['scaph-energy',
+                                                   'scaph-power']
+    from scaph_openstack.telemetry import gnocchi as telemetry
+    by_name = {p['name']: p for p in policies}
+    for policy in telemetry.ARCHIVE_POLICIES:
+        assert by_name[policy['name']]['aggregation_methods'] == \
+            policy['aggregation_methods']
+
+
+@pytest.fixture
+def with_gnocchi(devstack):
+    devstack.env['ENABLED_SERVICES'] = ALL_SERVICES + \
+        ',gnocchi-api,gnocchi-metricd'
+    devstack.fake_scaph_openstack()
+    return devstack
+
+
+def test_test_config_runs_telemetry_setup_as_admin(with_gnocchi):
+    ds = with_gnocchi
+    ds.run('stack', 'pre-install')
+    ds.run('stack', 'install')
+    ds.run('stack', 'post-config')
+    ds.run('stack', 'extra')
+    assert ds.scaph_openstack_calls() == []
+    result = ds.run('stack', 'test-config')
+    calls = ds.scaph_openstack_calls()
+    assert [c['argv'] for c in calls] == [['telemetry-setup']]
+    env = calls[0]['env']
+    assert env['OS_AUTH_TYPE'] == 'password'
+    assert env['OS_USERNAME'] == 'admin'
+    assert env['OS_PROJECT_NAME'] == 'admin'
+    assert env['OS_AUTH_URL'] == 'http://127.0.0.1/identity'
+    assert ('openrc', 'admin', 'admin') in ds.calls()
+    assert 'scaph-energy' in result.stdout      # its output is shown
+    assert not ds.calls('die') and not ds.calls('violation')
+    # Once more (a second stack.sh): run again, telemetry-setup being
+    # idempotent itself.
+    ds.run('stack', 'test-config')
+    assert len(ds.scaph_openstack_calls()) == 2
+
+
+def test_telemetry_setup_not_run_without_gnocchi(devstack):
+    devstack.fake_scaph_openstack()
+    devstack.stack()
+    assert devstack.scaph_openstack_calls() == []
+    assert not [c for c in devstack.calls() if c[0] == 'openrc']
+
+
+def test_telemetry_setup_failing_fails_the_stack(with_gnocchi):
+    with_gnocchi.env['FAKE_SCAPH_RC'] = '1'
+    result = with_gnocchi.run('stack', 'test-config', check=False)
+    assert result.returncode != 0
+    assert 'scaph-openstack telemetry-setup failed' in result.stderr
+    assert len(with_gnocchi.scaph_openstack_calls()) == 1
+    assert with_gnocchi.calls('die')
+
+
+def test_telemetry_setup_without_the_command(with_gnocchi):
+    os.unlink(with_gnocchi.scaph_openstack)
+    result = with_gnocchi.run('stack', 'test-config', check=False)
+    assert result.returncode != 0
+    assert 'scaph-openstack not found' in result.stderr
+
+
+def test_telemetry_setup_without_openrc(with_gnocchi):
+    os.unlink(with_gnocchi.openrc)
+    result = with_gnocchi.run('stack', 'test-config', check=False)
+    assert result.returncode != 0
+    assert 'openrc not found' in result.stderr
+    assert with_gnocchi.scaph_openstack_calls() == []
 
 
 def test_nova_disabled(devstack):
