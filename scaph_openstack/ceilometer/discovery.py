@@ -125,7 +125,7 @@ class SnapshotInstance(compute_discovery.NovaLikeServer):
 
     def __init__(self, doc, snap, with_flavor_id=False):
         host = snap.host
-        # 'id' (Nova's libvirt metadata has it since 2025.2) only when
+        # 'id' (in Nova's libvirt metadata from recent releases) only when
         # every instance of the snapshot has one (``with_flavor_id``): the
         # Prometheus exporter needs the same labels on every sample of a
         # meter, and adds flavor_id only when there is one. Gnocchi needs

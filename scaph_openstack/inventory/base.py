@@ -36,8 +36,8 @@ class InstanceIdentity:
     vcpus: int | None = None
     memory_mb: int | None = None
     nova: bool = False
-    # Nova writes it in its libvirt metadata since 2025.2 (the id
-    # attribute of <nova:flavor>); None before.
+    # The id attribute of <nova:flavor>, which recent Nova writes in its
+    # libvirt metadata (doc/ceilometer.md, "Gnocchi"); None before.
     flavor_id: str | None = None
 
     @functools.cached_property

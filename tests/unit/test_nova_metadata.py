@@ -72,7 +72,7 @@ def test_garbage_is_a_metadata_error(xml):
 
 
 def test_flavor_id_when_nova_writes_it():
-    # Nova 2025.2 and later: <nova:flavor name=... id=...>.
+    # Recent Nova (34): <nova:flavor name=... id=...>.
     xml = NOVA_11.replace('<nova:flavor name="m1.small">',
                           '<nova:flavor name="m1.small" id="42">')
     assert nova_metadata.identity_from_xml(xml).flavor_id == '42'

@@ -80,7 +80,7 @@ def test_invalid_snapshot_discovers_nothing(conf):
 
 def _with_flavor_ids(conf, ids):
     """A snapshot whose Nova instances carry these flavor ids (None: the
-    key absent, as from Nova before 2025.2)."""
+    key absent, as from older Nova)."""
     doc = snapshots.document()
     nova = [i for i in doc['instances'] if i.get('nova')]
     for instance, flavor_id in zip(nova, ids, strict=False):
