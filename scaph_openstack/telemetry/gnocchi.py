@@ -23,8 +23,14 @@ from gnocchiclient import exceptions as gnocchi_exc
 # polling interval (doc/ceilometer.md, "Reading it back from Gnocchi").
 ENERGY_POLICY = 'scaph-energy'
 # power.instance (W, each sample already an average over its polling
-# period): the mean and the peak of those averages.
-POWER_POLICY = 'scaph-power'
+# period): per period the sum and the count of those averages (their exact
+# mean over any run of periods: sum of sums / sum of counts, what
+# `openstack server energy show` reports), their mean and their peak.
+# Named scaph-power-2: Gnocchi cannot add aggregation methods to an
+# existing policy (PATCH changes the definition and back_window only), and
+# telemetry-setup never overwrites one, so the older scaph-power (mean and
+# max only) stays where it was created, under the metrics created with it.
+POWER_POLICY = 'scaph-power-2'
 # 5 minutes for a month (Ceilometer's own "low" policies), hours for
 # 13 months (a year against the last), days for 5 years of reports.
 DEFINITION = (
@@ -37,7 +43,7 @@ ARCHIVE_POLICIES = (
      'aggregation_methods': ['last', 'rate:sum'],
      'definition': [dict(d) for d in DEFINITION]},
     {'name': POWER_POLICY, 'back_window': 0,
-     'aggregation_methods': ['mean', 'max'],
+     'aggregation_methods': ['mean', 'max', 'sum', 'count'],
      'definition': [dict(d) for d in DEFINITION]},
 )
 

@@ -70,12 +70,12 @@ def test_gnocchi_snippet_maps_every_meter(conf, tmp_path):
         metric_map['energy.instance.idle'] is \
         metric_map['carbon.instance'] is metric_map['power.instance']
     # Counters get our policy with last and rate:sum, the gauge the one
-    # with mean and max.
+    # with sum, count, mean and max.
     policies = {m: metric_map[m].metrics[m].get('archive_policy_name')
                 for m in METERS}
     assert policies == {m: 'scaph-energy' for m in METERS
                         if m != 'power.instance'} | {
-        'power.instance': 'scaph-power'}
+        'power.instance': 'scaph-power-2'}
 
 
 def test_archive_policies_are_telemetry_setups(conf, tmp_path):
@@ -123,3 +123,14 @@ def test_gnocchi_attributes_from_our_samples(conf, tmp_path):
                      'energy_source': 'simulated'}
     assert metric_map['energy.host.zone'].sample_attributes(zone) == {
         'node': snapshots.HOST, 'zone': 'package-0', 'kind': 'package'}
+
+
+def test_power_policy_keeps_sum_and_count():
+    """The power policy gives sum and count (the exact mean of the
+    power.instance samples over a window: openstack server energy show's
+    Average (W)) besides mean and max; a new name, as Gnocchi cannot add
+    methods to the older scaph-power."""
+    (power,) = [p for p in load_yaml('gnocchi_resources.yaml')
+                ['archive_policies'] if p['name'] == 'scaph-power-2']
+    assert set(power['aggregation_methods']) == {'sum', 'count', 'mean',
+                                                  'max'}
