@@ -15,14 +15,28 @@ evacuation): as Prometheus' increase() does, the counter is taken to
 have restarted from 0, so the period counts its ``last`` value, and the
 reset is counted, never subtracted.
 
+The average power comes from the gauge ``power.instance`` (W, each sample
+the average over one Ceilometer polling period): the sum of its per-period
+``sum`` over the sum of its per-period ``count`` is the mean of its
+samples, the average power while the server ran and was polled. Older
+policies (``scaph-power``: mean and max) give the mean of the per-period
+means instead; without the gauge, energy over the periods' span.
+
+Before reading, the pending measures of the servers' metrics are
+processed (Gnocchi's ``refresh``), so that the numbers of one answer agree
+(dynamic + idle == energy) whatever gnocchi-metricd has got to.
+
 Everything here takes a gnocchiclient v1 client and plain values; the
 openstackclient commands (scaph_openstack.osc.v1.energy) only format.
 """
 
+import concurrent.futures
 import dataclasses
 import datetime
+import logging
 import math
 import re
+import time
 import uuid
 
 from gnocchiclient import exceptions as gnocchi_exc
@@ -33,8 +47,19 @@ DYNAMIC = 'energy.instance.dynamic'
 IDLE = 'energy.instance.idle'
 CARBON = 'carbon.instance'
 METRICS = (ENERGY, DYNAMIC, IDLE, CARBON)
+POWER = 'power.instance'
 RATE = 'rate:sum'
 LAST = 'last'
+SUM, COUNT, MEAN, MAX = 'sum', 'count', 'mean', 'max'
+# power.instance's aggregations, asked for in this order: what
+# scaph-power-2 has, what the older scaph-power has, mean alone, none.
+# One aggregates call fails whole when one metric's policy lacks one
+# (404), so each is tried in turn.
+POWER_AGGREGATIONS = ((SUM, COUNT, MEAN, MAX), (MEAN, MAX), (MEAN,), ())
+# What "Average over" says the average is.
+RUNNING = 'running'                      # mean of power.instance samples
+RUNNING_MEANS = 'running (period means)'  # mean of their period means
+WINDOW = 'window'                        # energy / Seconds
 # The archive policy scaph-openstack telemetry-setup creates; only used
 # when no server gives its own energy.instance metric's policy.
 DEFAULT_POLICY = 'scaph-energy'
@@ -43,6 +68,12 @@ SOURCE_ATTRIBUTE = 'energy_source'
 J_PER_KWH = 3.6e6
 DEFAULT_START = '-30d'
 UTC = datetime.timezone.utc
+# Gnocchi's refresh: requests in parallel, and the wait before the one
+# retry of a metric that gnocchi-metricd had locked (503).
+REFRESH_WORKERS = 8
+REFRESH_RETRY_WAIT = 1.0
+
+LOG = logging.getLogger(__name__)
 
 _RELATIVE = re.compile(r'^-\s*(\d+(?:\.\d+)?)\s*([smhdw])$')
 _UNITS = {'s': 1, 'm': 60, 'h': 3600, 'd': 86400, 'w': 7 * 86400}
@@ -175,6 +206,12 @@ class ServerEnergy:
     idle_j: float | None = None
     carbon_g: float | None = None      # None: unknown, never 0
     resets: int = 0
+    # From power.instance: the average of its samples (RUNNING) or of its
+    # period means (RUNNING_MEANS), and the highest sample; None: no
+    # sample in the window (or no such aggregation).
+    power_w: float | None = None
+    power_over: str | None = None
+    peak_w: float | None = None
 
     @property
     def seconds(self):
@@ -183,7 +220,17 @@ class ServerEnergy:
         return (self.end - self.start).total_seconds()
 
     @property
+    def average_over(self):
+        if self.power_w is not None:
+            return self.power_over
+        return WINDOW if self.seconds else None
+
+    @property
     def average_w(self):
+        """power.instance's average while the server ran, else energy
+        over the periods' span (average_over says which)."""
+        if self.power_w is not None:
+            return self.power_w
         covered = self.seconds
         return self.energy_j / covered if covered else None
 
@@ -198,6 +245,22 @@ class ServerEnergy:
     @property
     def idle_kwh(self):
         return None if self.idle_j is None else self.idle_j / J_PER_KWH
+
+
+def power(aggregations):
+    """(average W, RUNNING or RUNNING_MEANS, peak W) from power.instance's
+    points ({aggregation: points}); None where unknown."""
+    values = {name: [v for _ts, _g, v in aggregations.get(name) or ()
+                     if v is not None]
+              for name in (SUM, COUNT, MEAN, MAX)}
+    peak = max(values[MAX]) if values[MAX] else None
+    samples = math.fsum(values[COUNT])
+    if values[SUM] and samples:
+        return math.fsum(values[SUM]) / samples, RUNNING, peak
+    if values[MEAN]:
+        return (math.fsum(values[MEAN]) / len(values[MEAN]), RUNNING_MEANS,
+                peak)
+    return None, None, peak
 
 
 def server_from_measures(resource_id, attributes, by_metric, granularity):
@@ -221,6 +284,7 @@ def server_from_measures(resource_id, attributes, by_metric, granularity):
         found = counters[metric]
         return None if found is None else found.increase
 
+    power_w, power_over, peak_w = power(by_metric.get(POWER) or {})
     return ServerEnergy(
         id=str(resource_id),
         name=attributes.get('display_name'),
@@ -231,7 +295,8 @@ def server_from_measures(resource_id, attributes, by_metric, granularity):
         end=energy.last + datetime.timedelta(seconds=granularity),
         energy_j=energy.increase,
         dynamic_j=value(DYNAMIC), idle_j=value(IDLE),
-        carbon_g=value(CARBON), resets=len(resets))
+        carbon_g=value(CARBON), resets=len(resets),
+        power_w=power_w, power_over=power_over, peak_w=peak_w)
 
 
 def sort_servers(servers):
@@ -264,7 +329,10 @@ def _sum_known(values):
 def total(servers, granularity):
     """The "Total" row: energy summed; dynamic, idle and carbon summed
     when known for every server (else unknown); the window from the
-    earliest start to the latest end, over which the average is taken."""
+    earliest start to the latest end, over which the average is taken
+    (the servers' mean draw together: the sum of their averages while
+    running would count each one's running time as the whole window).
+    No peak: the servers' peaks need not be simultaneous."""
     starts = [s.start for s in servers if s.start is not None]
     ends = [s.end for s in servers if s.end is not None]
     sources = sorted({s.source or 'unknown' for s in servers})
@@ -282,11 +350,14 @@ def total(servers, granularity):
         resets=sum(s.resets for s in servers))
 
 
-def aggregates_operations():
-    """Gnocchi's operations: every metric's rate:sum and last."""
+def aggregates_operations(power_aggregations=POWER_AGGREGATIONS[0]):
+    """Gnocchi's operations: every counter's rate:sum and last, and
+    ``power_aggregations`` of power.instance."""
     return '(metric %s)' % ' '.join(
-        '(%s %s)' % (metric, aggregation)
-        for metric in METRICS for aggregation in (RATE, LAST))
+        ['(%s %s)' % (metric, aggregation)
+         for metric in METRICS for aggregation in (RATE, LAST)]
+        + ['(%s %s)' % (POWER, aggregation)
+           for aggregation in power_aggregations])
 
 
 def groupby(client):
@@ -308,20 +379,85 @@ def fetch(client, search, start, end, granularity, group_by):
     """One aggregates call: the servers ``search`` finds (Gnocchi's policy
     adds its own filter: a member sees their project only), with energy
     in the periods starting in [start rounded down to the granularity,
-    end)."""
-    try:
-        groups = client.aggregates.fetch(
-            aggregates_operations(), search=search,
-            resource_type=RESOURCE_TYPE, groupby=list(group_by),
-            start=start, stop=end, granularity=granularity)
-    except gnocchi_exc.NotFound as exc:
-        if 'aggregation' in str(exc).lower():
+    end). Gnocchi refuses the whole call when one metric's policy lacks
+    an aggregation asked for: then again with fewer of power.instance's
+    (an older policy), and without it at last."""
+    for power_aggregations in POWER_AGGREGATIONS:
+        try:
+            groups = client.aggregates.fetch(
+                aggregates_operations(power_aggregations), search=search,
+                resource_type=RESOURCE_TYPE, groupby=list(group_by),
+                start=start, stop=end, granularity=granularity)
+        except gnocchi_exc.NotFound as exc:
+            if 'aggregation' not in str(exc).lower():
+                # No server found has any of the metrics.
+                return []
+            if power_aggregations:
+                LOG.debug('Gnocchi: %s; again without %s of %s', exc,
+                          ' and '.join(power_aggregations[:2]), POWER)
+                continue
             raise UsageError('Gnocchi: %s (are the energy meters under '
                              'the %s archive policy?)' % (exc,
                                                           DEFAULT_POLICY))
-        # No server found has any of the metrics.
-        return []
-    return servers_from_groups(groups, granularity)
+        return servers_from_groups(groups, granularity)
+    raise AssertionError('not reached')
+
+
+def pending_metrics(client):
+    """The metrics with measures gnocchi-metricd has not processed yet
+    (Gnocchi's status: admins only), or None (not allowed to know)."""
+    try:
+        status = client.status.get(details=True)
+    except gnocchi_exc.ClientException:
+        return None
+    found = (status.get('storage') or {}).get('measures_to_process')
+    return None if found is None else set(found)
+
+
+def refresh(client, resources, now):
+    """Process the measures Gnocchi holds for these resources' metrics
+    and has not aggregated yet (its ``refresh``: the aggregates API has
+    none, the measures of one metric do), so that every metric read next
+    has all of them: without it, one answer may mix metrics gnocchi-metricd
+    has processed and others not yet (dynamic + idle != energy). One
+    request per metric (only those with pending measures where Gnocchi's
+    status says which), several at a time; a metric gnocchi-metricd holds
+    (503) is asked again once, a second later; a failure only leaves that
+    metric as metricd left it. Nothing is read back (start: tomorrow)."""
+    wanted = []
+    for resource in resources:
+        for name, metric_id in (resource.get('metrics') or {}).items():
+            if name in METRICS or name == POWER:
+                # An aggregation the metric's policy has (else 404).
+                wanted.append((metric_id, MEAN if name == POWER else LAST))
+    pending = pending_metrics(client) if wanted else None
+    if pending is not None:
+        wanted = [w for w in wanted if w[0] in pending]
+    if not wanted:
+        return 0
+    tomorrow = isoformat(now + datetime.timedelta(days=1))
+
+    def one(item):
+        metric_id, aggregation = item
+        url = 'v1/metric/%s/measures?refresh=true&aggregation=%s&start=%s' % (
+            metric_id, aggregation, tomorrow)
+        for attempt in (1, 2):
+            try:
+                client.api.get(url)
+                return True
+            except gnocchi_exc.ClientException as exc:
+                if getattr(exc, 'code', None) == 503 and attempt == 1:
+                    time.sleep(REFRESH_RETRY_WAIT)
+                    continue
+                LOG.warning('Gnocchi could not process the pending '
+                            'measures of metric %s (%s): the numbers may '
+                            'lack the latest of them', metric_id, exc)
+                return False
+        return False
+
+    with concurrent.futures.ThreadPoolExecutor(
+            min(REFRESH_WORKERS, len(wanted))) as pool:
+        return sum(pool.map(one, wanted))
 
 
 def energy_policy(client, resources=()):
@@ -387,6 +523,7 @@ def server_energy(client, ident, span, granularity=None):
     resource = find_server(client, ident)
     policy = energy_policy(client, [resource])
     chosen = choose_granularity(policy, span.start, span.now, granularity)
+    refresh(client, [resource], span.now)
     servers = fetch(client, {'=': {'id': resource['id']}}, span.start,
                     span.end, chosen, groupby(client))
     if not servers:
@@ -399,14 +536,30 @@ def server_energy(client, ident, span, granularity=None):
     return servers[0]
 
 
+def search_all(client, search, page=1000):
+    """Every instance resource ``search`` finds (and Gnocchi's policy
+    lets the caller see), page by page, newest first."""
+    found, marker = [], None
+    while True:
+        batch = client.resource.search(
+            resource_type=RESOURCE_TYPE, query=search or None, limit=page,
+            marker=marker, sorts=['started_at:desc', 'id:asc'])
+        found.extend(batch)
+        if len(batch) < page:
+            return found
+        marker = batch[-1]['id']
+
+
 def usage(client, span, project=None, granularity=None):
     """``openstack energy usage``: (servers sorted by energy, total)."""
     search = {'=': {'project_id': project}} if project else {}
-    found = client.resource.search(resource_type=RESOURCE_TYPE,
-                                   query=search or None, limit=20,
-                                   sorts=['started_at:desc'])
+    found = search_all(client, search)
     policy = energy_policy(client, found)
     chosen = choose_granularity(policy, span.start, span.now, granularity)
+    # Servers deleted before the window have nothing pending in it.
+    refresh(client, [r for r in found if not r.get('ended_at') or
+                     parse_time(r['ended_at'], span.now) >= span.start],
+            span.now)
     servers = fetch(client, search, span.start, span.end, chosen,
                     groupby(client))
     return servers, total(servers, chosen)

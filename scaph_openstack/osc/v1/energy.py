@@ -16,8 +16,9 @@ from scaph_openstack.osc import usage
 
 COLUMNS = (
     'ID', 'Name', 'Project', 'Source', 'Energy (kWh)', 'Average (W)',
-    'Dynamic (kWh)', 'Idle (kWh)', 'Carbon (g CO2e)', 'Start', 'End',
-    'Seconds', 'Granularity (s)', 'Counter resets',
+    'Average over', 'Peak (W)', 'Dynamic (kWh)', 'Idle (kWh)',
+    'Carbon (g CO2e)', 'Start', 'End', 'Seconds', 'Granularity (s)',
+    'Counter resets',
 )
 
 
@@ -73,6 +74,7 @@ def row(server, human=True):
         server.id, Blank(server.name), Blank(server.project_id),
         Text(server.source),
         KWh(server.energy_kwh), Watts(server.average_w),
+        Text(server.average_over), Watts(server.peak_w),
         KWh(server.dynamic_kwh), KWh(server.idle_kwh),
         Grams(server.carbon_g), usage.isoformat(server.start),
         usage.isoformat(server.end), Blank(usage.whole(server.seconds)),

@@ -41,12 +41,25 @@ def test_row_machine_and_human():
     assert human(row['Energy (kWh)']) == '0.010000'
     assert machine(row['Average (W)']) == 10.0
     assert human(row['Average (W)']) == '10.00'
+    assert machine(row['Average over']) == 'window'
+    assert human(row['Peak (W)']) == 'unknown'
+    assert machine(row['Peak (W)']) is None
     assert machine(row['Carbon (g CO2e)']) is None
     assert human(row['Carbon (g CO2e)']) == 'unknown'
     assert machine(row['Seconds']) == 3600
     assert row['Start'] == '2026-11-30T10:00:00Z'
     assert row['End'] == '2026-11-30T11:00:00Z'
     assert machine(row['Source']) == 'rapl'
+
+
+def test_row_average_while_running():
+    row = dict(zip(energy.COLUMNS, energy.row(server(
+        power_w=11.8, power_over=usage.RUNNING, peak_w=12.25)),
+        strict=True))
+    assert human(row['Average (W)']) == '11.80'
+    assert machine(row['Average over']) == 'running'
+    assert human(row['Peak (W)']) == '12.25'
+    assert machine(row['Seconds']) == 3600
 
 
 def test_row_plain_values_for_machine_formats():

@@ -311,18 +311,34 @@ def test_aggregates_operations_ask_every_metric_twice():
     for metric in usage.METRICS:
         assert '(%s rate:sum)' % metric in ops
         assert '(%s last)' % metric in ops
+    for aggregation in ('sum', 'count', 'mean', 'max'):
+        assert '(power.instance %s)' % aggregation in ops
     assert ops.startswith('(metric (')
+    assert 'power.instance' not in usage.aggregates_operations(())
 
 
 class FakeAggregates:
-    def __init__(self, answer=None, error=None):
+    def __init__(self, answer=None, error=None, refusals=None):
         self.answer, self.error, self.calls = answer, error, []
+        # Aggregations of power.instance some policy lacks: a call asking
+        # for one is refused whole, as Gnocchi does.
+        self.refusals = refusals or ()
 
     def fetch(self, operations, **kwargs):
         self.calls.append((operations, kwargs))
         if self.error:
             raise self.error
-        return self.answer
+        for aggregation in self.refusals:
+            if '(power.instance %s)' % aggregation in operations:
+                raise gnocchi_exc.NotFound(404, {
+                    'cause': 'Metrics with unknown aggregation',
+                    'detail': [['m', aggregation]]})
+        return [dict(group, measures={'measures': {
+            rid: {metric: {agg: found for agg, found in by_agg.items()
+                           if '(%s %s)' % (metric, agg) in operations}
+                  for metric, by_agg in by_metric.items()}
+            for rid, by_metric in group['measures']['measures'].items()}})
+            for group in self.answer or ()]
 
 
 def test_fetch_one_call_grouped_by_server():
@@ -354,3 +370,183 @@ def test_fetch_wrong_policy_is_an_error():
         404, 'Metrics with unknown aggregation'))
     with pytest.raises(usage.UsageError, match='scaph-energy'):
         usage.fetch(client, {}, T0, None, 300, usage.GROUPBY)
+
+
+# -- average power from power.instance -------------------------------------
+
+def power_series(sums, counts, means=None, maxes=None, first=0):
+    found = {'sum': points(sums, first=first),
+             'count': points(counts, first=first)}
+    if means is not None:
+        found['mean'] = points(means, first=first)
+    if maxes is not None:
+        found['max'] = points(maxes, first=first)
+    return found
+
+
+def energy_over(periods):
+    return measures(series([100.0] * periods, [100.0 * (i + 1)
+                                               for i in range(periods)]))
+
+
+def test_average_is_the_mean_of_the_power_samples():
+    # A server that ran 45 s in an hour-long window: 3 samples of 11, 12
+    # and 12.4 W in one period, then 1 sample of 13 W: not energy/3600.
+    by_metric = energy_over(2)
+    by_metric['power.instance'] = power_series(
+        [35.4, 13.0], [3, 1], means=[11.8, 13.0], maxes=[12.4, 13.0])
+    server = usage.server_from_measures('u', {}, by_metric, 300)
+    assert server.average_w == 48.4 / 4
+    assert server.average_over == 'running'
+    assert server.peak_w == 13.0
+    # The energy and its span are still there.
+    assert server.seconds == 600 and server.energy_j == 200.0
+
+
+def test_average_of_period_means_on_an_older_policy():
+    by_metric = energy_over(2)
+    by_metric['power.instance'] = {'mean': points([11.8, 13.0]),
+                                   'max': points([12.4, 13.0])}
+    server = usage.server_from_measures('u', {}, by_metric, 300)
+    assert server.average_w == (11.8 + 13.0) / 2
+    assert server.average_over == 'running (period means)'
+    assert server.peak_w == 13.0
+
+
+def test_average_over_the_window_without_power_samples():
+    by_metric = energy_over(3)
+    by_metric['power.instance'] = power_series([], [], means=[], maxes=[])
+    server = usage.server_from_measures('u', {}, by_metric, 300)
+    assert server.average_w == 300.0 / 900
+    assert server.average_over == 'window'
+    assert server.peak_w is None
+    server = usage.server_from_measures('u', {}, energy_over(3), 300)
+    assert server.average_over == 'window' and server.peak_w is None
+
+
+def test_total_averages_over_the_window_without_peak():
+    answer = groups(
+        ('a', 'x', 'p', 'rapl', dict(energy_over(2), **{
+            'power.instance': power_series([20.0], [2], maxes=[11.0])})),
+        ('b', 'y', 'p', 'rapl', energy_over(1)))
+    servers = usage.servers_from_groups(answer, 300)
+    assert servers[0].average_w == 10.0
+    total = usage.total(servers, 300)
+    assert total.average_w == 300.0 / 600
+    assert total.average_over == 'window' and total.peak_w is None
+    assert usage.total([], 300).average_over is None
+
+
+@pytest.mark.parametrize('refusals, calls, over', [
+    ((), 1, 'running'),
+    # An older policy (scaph-power): mean and max only.
+    (('sum', 'count'), 2, 'running (period means)'),
+    # A policy with neither max nor sum (say Ceilometer's).
+    (('sum', 'count', 'max'), 3, 'running (period means)'),
+    (('sum', 'count', 'max', 'mean'), 4, 'window'),
+])
+def test_fetch_asks_again_with_fewer_power_aggregations(refusals, calls,
+                                                         over):
+    by_metric = energy_over(2)
+    by_metric['power.instance'] = power_series(
+        [20.0, 10.0], [2, 1], means=[10.0, 10.0], maxes=[12.0, 10.0])
+    client = FakeClient([])
+    client.aggregates = FakeAggregates(
+        groups(('a', 'x', 'p', 'rapl', by_metric)), refusals=refusals)
+    [server] = usage.fetch(client, {}, T0, None, 300, usage.GROUPBY)
+    assert len(client.aggregates.calls) == calls
+    assert server.average_over == over
+
+
+# -- refresh ------------------------------------------------------------------
+
+class FakeApi:
+    def __init__(self, busy=(), broken=()):
+        self.urls, self.busy, self.broken = [], list(busy), broken
+
+    def get(self, url):
+        self.urls.append(url)
+        metric = url.split('/')[2]
+        if metric in self.busy:
+            self.busy.remove(metric)
+            raise gnocchi_exc.ClientException(503, 'Metric is locked')
+        if metric in self.broken:
+            raise gnocchi_exc.NotFound(404, 'no')
+
+
+class FakeStatus:
+    def __init__(self, pending=None):
+        self.pending = pending
+
+    def get(self, details=False):
+        if self.pending is None:
+            raise gnocchi_exc.Forbidden(403)
+        return {'storage': {'summary': {},
+                            'measures_to_process': self.pending}}
+
+
+def refresh_client(pending=None, **api):
+    client = FakeClient([])
+    client.api = FakeApi(**api)
+    client.status = FakeStatus(pending)
+    return client
+
+
+RESOURCES = [
+    {'id': 'a', 'metrics': {'energy.instance': 'e1', 'power.instance': 'p1',
+                            'cpu': 'c1'}},
+    {'id': 'b', 'metrics': {'energy.instance.idle': 'i2'}},
+]
+
+
+def test_refresh_every_metric_of_ours_when_not_told_which(monkeypatch):
+    monkeypatch.setattr(usage, 'REFRESH_RETRY_WAIT', 0)
+    client = refresh_client(busy=['e1'])
+    assert usage.refresh(client, RESOURCES, NOW) == 3
+    urls = sorted(client.api.urls)
+    # e1 was locked by metricd: asked again once.
+    assert [u.split('?')[0] for u in urls] == [
+        'v1/metric/e1/measures', 'v1/metric/e1/measures',
+        'v1/metric/i2/measures', 'v1/metric/p1/measures']
+    assert all('refresh=true' in u and 'start=2026-12-02T00:00:00Z' in u
+               for u in urls)
+    assert 'aggregation=mean' in urls[-1]       # p1: power.instance
+    assert 'aggregation=last' in urls[0]
+
+
+def test_refresh_only_what_is_pending_where_gnocchi_says(monkeypatch):
+    client = refresh_client(pending={'p1': 3, 'x': 1})
+    assert usage.refresh(client, RESOURCES, NOW) == 1
+    assert [u.split('?')[0] for u in client.api.urls] == [
+        'v1/metric/p1/measures']
+    client = refresh_client(pending={})
+    assert usage.refresh(client, RESOURCES, NOW) == 0
+    assert client.api.urls == []
+
+
+def test_refresh_failures_leave_the_metric_as_it_is(monkeypatch, caplog):
+    monkeypatch.setattr(usage, 'REFRESH_RETRY_WAIT', 0)
+    client = refresh_client(busy=['e1', 'e1'], broken=('p1',))
+    assert usage.refresh(client, RESOURCES, NOW) == 1
+    assert 'e1' in caplog.text and 'p1' in caplog.text
+
+
+class FakeSearch(FakeResources):
+    def __init__(self, resources):
+        super().__init__(resources)
+        self.calls = []
+
+    def search(self, resource_type, query=None, limit=None, marker=None,
+               sorts=None):
+        self.calls.append((query, limit, marker))
+        ids = [r['id'] for r in self.resources]
+        first = ids.index(marker) + 1 if marker else 0
+        return self.resources[first:first + limit]
+
+
+def test_search_all_pages():
+    client = FakeClient([])
+    client.resource = FakeSearch([{'id': str(i)} for i in range(5)])
+    found = usage.search_all(client, {'=': {'project_id': 'p'}}, page=2)
+    assert [r['id'] for r in found] == ['0', '1', '2', '3', '4']
+    assert [c[2] for c in client.resource.calls] == [None, '1', '3']
