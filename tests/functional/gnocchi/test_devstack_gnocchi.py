@@ -13,8 +13,8 @@ gnocchi-noauth auth type: OS_AUTH_TYPE, read by keystoneauth, and its own
 GNOCCHI_USER_ID, GNOCCHI_PROJECT_ID, GNOCCHI_ROLES and GNOCCHI_ENDPOINT,
 read by gnocchiclient; it does not read OS_USER_ID and the like).
 
-Checked through gnocchiclient: before, no scaph-energy or scaph-power
-archive policy, no energy_zone resource type, no energy_source attribute
+Checked through gnocchiclient: before, none of our archive policies
+(scaph-energy, the power one), no energy_zone resource type, no energy_source attribute
 on the instance type; after, all of them, with the definitions of
 scaph_openstack/telemetry/gnocchi.py; a second run changes nothing. Then
 Ceilometer's gnocchi:// publisher, given the gnocchi_resources.yaml the
@@ -126,7 +126,7 @@ def test_test_config_creates_what_gnocchi_needs(fresh_gnocchi, tmp_path):
     stack.ceilometer_upgrade(tmp_path)
     client = stack.client()
     policies, zone, instance = state(client)
-    assert policies == {'scaph-energy': None, 'scaph-power': None}
+    assert policies == {p['name']: None for p in telemetry.ARCHIVE_POLICIES}
     assert zone is None
     assert instance is not None, 'ceilometer-upgrade made no instance type'
     assert 'energy_source' not in instance['attributes']
@@ -213,10 +213,11 @@ def publish_through_ceilometer(stack, ds, tmp_path):
                             'energy.instance.idle', 'power.instance'}
     policy = {name: client.metric.get(metric_id)['archive_policy']['name']
               for name, metric_id in metrics.items()}
-    assert policy == {'energy.instance': 'scaph-energy',
-                      'energy.instance.dynamic': 'scaph-energy',
-                      'energy.instance.idle': 'scaph-energy',
-                      'power.instance': 'scaph-power'}
+    energy, power = telemetry.ENERGY_POLICY, telemetry.POWER_POLICY
+    assert policy == {'energy.instance': energy,
+                      'energy.instance.dynamic': energy,
+                      'energy.instance.idle': energy,
+                      'power.instance': power}
     zone = client.resource.get('energy_zone', zone_id)
     assert (zone['node'], zone['zone'], zone['kind']) == (
         'compute-1', 'package-0', 'package')
