@@ -12,7 +12,15 @@ project), and every number is compared with a truth computed here, with
 exact fractions, from the samples posted: per period the sum of the
 increases between successive samples (the increase into a period's first
 sample from the sample before it belongs to the period), a negative period
-counting its last value instead and one reset.
+counting its last value instead and one reset. power.instance (the
+average W over each polling period) gets samples of varying values on
+scaph-power-2 (Average (W) is their exact mean, Peak (W) their highest),
+on an older policy with mean and max only (Average (W) is the mean of the
+period means, and says so) or none at all (energy over the span).
+
+A last test reads right after posting, before gnocchi-metricd could have
+processed anything: the commands' refresh makes the numbers whole and
+consistent (dynamic + idle == energy).
 
 Skipped where this cannot run (not root, no Gnocchi); with CI=true that is
 a failure instead.
@@ -29,6 +37,10 @@ import uuid
 
 import pytest
 
+from gnocchiclient import exceptions as gnocchi_exc
+
+from scaph_openstack.osc import usage
+from scaph_openstack.telemetry import gnocchi as telemetry
 from tests.functional.helpers import agent as agentlib
 from tests.functional.helpers import gnocchi as gnocchilib
 from tests.functional.helpers import require
@@ -38,6 +50,10 @@ UTC = datetime.timezone.utc
 G = 300                          # the finest granularity of scaph-energy
 ENERGY_METRICS = ('energy.instance', 'energy.instance.dynamic',
                   'energy.instance.idle')
+POWER_POLICY = 'scaph-power-2'
+# The power policy of older releases (mean and max only), under another
+# name so that this test does not depend on what the Gnocchi already has.
+LEGACY_POWER_POLICY = 'scaph-test-power-mean-max'
 
 
 def openstack(stack, argv, user=None, project=None, roles='admin',
@@ -101,7 +117,7 @@ def cumulative(times, increments, resets_at=None):
 
 class Server:
     def __init__(self, name, project, source, carbon, resets_at=None,
-                 carbon_metric=None, scale=1):
+                 carbon_metric=None, scale=1, power=POWER_POLICY):
         self.id = str(uuid.uuid4())
         self.name = name
         self.project = project
@@ -110,6 +126,7 @@ class Server:
         self.carbon_metric = carbon or carbon_metric
         self.resets_at = resets_at
         self.scale = scale
+        self.power = power          # power.instance's policy, or None
         self.samples = {}
 
 
@@ -124,11 +141,49 @@ def make_samples(server, times, rng):
         times, dynamic, server.resets_at)
     server.samples['energy.instance.idle'] = cumulative(
         times, idle, server.resets_at)
+    if server.power:
+        # None on the first poll; W in 1/8ths (exact in binary).
+        server.samples['power.instance'] = [
+            (t, F(rng.randint(40, 160) * server.scale, 8))
+            for t in times[1:]]
     if server.carbon:
         # The carbon counter of a migration's destination restarts.
         server.samples['carbon.instance'] = cumulative(
             times, [F(rng.randint(1, 200), 1024) for _ in range(n)],
             resets_at=n - 3)
+
+
+def legacy_power_policy(admin):
+    try:
+        admin.archive_policy.create({
+            'name': LEGACY_POWER_POLICY, 'back_window': 0,
+            'aggregation_methods': ['mean', 'max'],
+            'definition': [dict(d) for d in telemetry.DEFINITION]})
+    except gnocchi_exc.ArchivePolicyAlreadyExists:
+        pass
+
+
+def create(admin, server):
+    """The instance resource, its metrics and their measures."""
+    metrics = {m: {'archive_policy_name': 'scaph-energy'}
+               for m in ENERGY_METRICS}
+    if server.carbon_metric:
+        metrics['carbon.instance'] = {'archive_policy_name': 'scaph-energy'}
+    if server.power:
+        metrics['power.instance'] = {'archive_policy_name': server.power}
+    attributes = {
+        'id': server.id, 'project_id': server.project,
+        'user_id': uuid.uuid4().hex, 'display_name': server.name,
+        'flavor_id': '1', 'flavor_name': 'm1.tiny', 'host': 'compute-1',
+        'metrics': metrics}
+    if server.source:
+        attributes['energy_source'] = server.source
+    admin.resource.create('instance', attributes)
+    for metric, samples in server.samples.items():
+        admin.metric.add_measures(metric, [
+            {'timestamp': datetime.datetime.fromtimestamp(
+                t, UTC).isoformat(), 'value': float(v)}
+            for t, v in samples], resource_id=server.id)
 
 
 @pytest.fixture(scope='module')
@@ -139,17 +194,23 @@ def world(tmp_path_factory):
     stack.ceilometer_upgrade(tmp_path_factory.mktemp('ceilometer'))
     stack.telemetry_setup()
     admin = stack.client()
+    legacy_power_policy(admin)
     rng = random.Random(20261201)
     tag = uuid.uuid4().hex[:8]
     a, b = gnocchilib.new_project(), gnocchilib.new_project()
+    c = gnocchilib.new_project()
     servers = {
         'a_web': Server('web-' + tag, a, 'rapl', carbon=True, scale=3),
+        # No power.instance: the average over the periods' span.
         'a_db': Server('db-' + tag, a, 'simulated', carbon=False,
-                       resets_at=21),
+                       resets_at=21, power=None),
         'a_old': Server('old-' + tag, a, None, carbon=False,
                         carbon_metric=True, scale=2),
         # Same name as a_web, in the other project.
         'b_web': Server('web-' + tag, b, 'rapl', carbon=True, scale=5),
+        # power.instance on the older policy (mean and max only).
+        'c_app': Server('app-' + tag, c, 'rapl', carbon=False,
+                        power=LEGACY_POWER_POLICY),
     }
     # Samples every 97 s from 37 s into a 5-minute period two hours ago:
     # 2 or 3 per period, over 13 periods.
@@ -158,26 +219,28 @@ def world(tmp_path_factory):
     times = [base + 97 * i for i in range(40)]
     for server in servers.values():
         make_samples(server, times, rng)
-        metrics = {m: {'archive_policy_name': 'scaph-energy'}
-                   for m in ENERGY_METRICS}
-        if server.carbon_metric:
-            metrics['carbon.instance'] = {
-                'archive_policy_name': 'scaph-energy'}
-        attributes = {
-            'id': server.id, 'project_id': server.project,
-            'user_id': uuid.uuid4().hex, 'display_name': server.name,
-            'flavor_id': '1', 'flavor_name': 'm1.tiny', 'host': 'compute-1',
-            'metrics': metrics}
-        if server.source:
-            attributes['energy_source'] = server.source
-        admin.resource.create('instance', attributes)
-        for metric, samples in server.samples.items():
-            admin.metric.add_measures(metric, [
-                {'timestamp': datetime.datetime.fromtimestamp(
-                    t, UTC).isoformat(), 'value': float(v)}
-                for t, v in samples], resource_id=server.id)
+        create(admin, server)
     stack.wait_processed(admin, [])
     return stack, servers, a, b, times
+
+
+def power_truth(server, g, start=None, end=None):
+    """(Average (W), Average over, Peak (W)) from the power.instance
+    samples in the periods read: their mean (scaph-power-2), the mean of
+    the periods' means (the older policy), or the energy over the span."""
+    samples = [(t, v) for t, v in server.samples.get('power.instance', ())
+               if (start is None or floor(t, g) >= floor(start, g))
+               and (end is None or floor(t, g) < end)]
+    if not samples:
+        return None, 'window', None
+    peak = max(v for _t, v in samples)
+    if server.power == POWER_POLICY:
+        return sum(v for _t, v in samples) / len(samples), 'running', peak
+    periods = {}
+    for t, v in samples:
+        periods.setdefault(floor(t, g), []).append(v)
+    means = [sum(vs) / len(vs) for vs in periods.values()]
+    return sum(means) / len(means), 'running (period means)', peak
 
 
 def expected(server, g, start=None, end=None):
@@ -186,11 +249,14 @@ def expected(server, g, start=None, end=None):
     parts = {m: truth(server.samples[m], g, start, end)
              for m in server.samples}
     carbon = parts.get('carbon.instance')
+    average, over, peak = power_truth(server, g, start, end)
     return {
         'ID': server.id, 'Name': server.name, 'Project': server.project,
         'Source': server.source,
         'Energy (kWh)': increase / 3600000,
-        'Average (W)': increase / (last - first),
+        'Average (W)': increase / (last - first) if average is None
+        else average,
+        'Average over': over, 'Peak (W)': peak,
         'Dynamic (kWh)': parts['energy.instance.dynamic'][0] / 3600000,
         'Idle (kWh)': parts['energy.instance.idle'][0] / 3600000,
         'Carbon (g CO2e)': carbon[0] if carbon else None,
@@ -286,8 +352,11 @@ def assert_usage(rows, total, servers, times):
     assert total['Energy (kWh)'] == pytest.approx(float(energy), rel=1e-12)
     first = floor(times[1], G)
     last = floor(times[-1], G) + G
+    # The total's average: the servers' energy over the whole span (their
+    # mean draw together), never a sum of averages while running.
     assert total['Average (W)'] == pytest.approx(
         float(energy * 3600000 / (last - first)), rel=1e-12)
+    assert total['Average over'] == 'window' and total['Peak (W)'] is None
     assert (total['Start'], total['End']) == (iso(first), iso(last))
 
 
@@ -361,3 +430,58 @@ def test_csv_and_table(world):
                              start_arg(times)])
     assert 'Energy (kWh)' in proc.stdout and 'rapl' in proc.stdout
     print(proc.stdout)
+
+
+def test_older_power_policy_averages_the_period_means(world):
+    stack, servers, _a, _b, times = world
+    app = servers['c_app']
+    want = expected(app, G)
+    assert want['Average over'] == 'running (period means)'
+    got = as_json(stack, ['server', 'energy', 'show', app.id,
+                          start_arg(times)])
+    assert_row(got, want, resets=0)
+    # The periods hold 2 or 3 samples: not the samples' mean.
+    samples = [v for _t, v in app.samples['power.instance']]
+    assert got['Average (W)'] != pytest.approx(
+        float(sum(samples) / len(samples)), rel=1e-9)
+    rows, total = usage_rows(stack, ['--project', app.project,
+                                     start_arg(times)])
+    assert_row(rows[0], want)
+    assert total['Average over'] == 'window'
+
+
+def test_read_right_after_posting_is_whole_and_consistent(world):
+    """No wait for gnocchi-metricd (it looks every 2 s here): the refresh
+    processes the measures first, so every metric has all of them."""
+    stack, _servers, _a, _b, times = world
+    admin = stack.client()
+    rng = random.Random(20261202)
+    project = gnocchilib.new_project()
+    fresh = Server('fresh-' + uuid.uuid4().hex[:8], project, 'rapl',
+                   carbon=False, scale=7)
+    make_samples(fresh, times, rng)
+    member = stack.client('carol', project, 'member')
+    span = usage.window(iso(floor(times[0], G)))
+    create(admin, fresh)
+    got = usage.server_energy(member, fresh.id, span)
+    want = expected(fresh, G)
+    assert got.energy_j == pytest.approx(
+        float(want['Energy (kWh)'] * 3600000), rel=1e-12)
+    assert got.dynamic_j + got.idle_j == pytest.approx(got.energy_j,
+                                                       rel=1e-12)
+    assert got.average_over == 'running'
+    assert got.average_w == pytest.approx(float(want['Average (W)']),
+                                          rel=1e-12)
+    # The command, right after another server's measures, as the admin
+    # (who may read Gnocchi's status: only the metrics it lists as
+    # pending are refreshed).
+    other = Server('fresh-' + uuid.uuid4().hex[:8], project, 'simulated',
+                   carbon=False, scale=3)
+    make_samples(other, times, rng)
+    create(admin, other)
+    rows, total = usage_rows(stack, ['--project', project,
+                                     start_arg(times)])
+    assert_usage(rows, total, [fresh, other], times)
+    for row in rows + [total]:
+        assert row['Dynamic (kWh)'] + row['Idle (kWh)'] == pytest.approx(
+            row['Energy (kWh)'], rel=1e-12)
