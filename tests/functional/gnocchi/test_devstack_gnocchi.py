@@ -14,9 +14,10 @@ GNOCCHI_USER_ID, GNOCCHI_PROJECT_ID, GNOCCHI_ROLES and GNOCCHI_ENDPOINT,
 read by gnocchiclient; it does not read OS_USER_ID and the like).
 
 Checked through gnocchiclient: before, none of our archive policies
-(scaph-energy, the power one), no energy_zone resource type, no energy_source attribute
-on the instance type; after, all of them, with the definitions of
-scaph_openstack/telemetry/gnocchi.py; a second run changes nothing. Then
+(scaph-energy, the power one), no energy_zone resource type, no
+energy_source attribute on the instance type; after, all of them, with the
+definitions of scaph_openstack/telemetry/gnocchi.py; a second run changes
+nothing. Then
 Ceilometer's gnocchi:// publisher, given the gnocchi_resources.yaml the
 plugin merged (post-config), creates an instance resource with our metrics
 on our archive policies, and an energy_zone resource.
