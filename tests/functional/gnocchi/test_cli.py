@@ -117,7 +117,8 @@ def cumulative(times, increments, resets_at=None):
 
 class Server:
     def __init__(self, name, project, source, carbon, resets_at=None,
-                 carbon_metric=None, scale=1, power=POWER_POLICY):
+                 carbon_metric=None, scale=1, power=POWER_POLICY,
+                 gap=None):
         self.id = str(uuid.uuid4())
         self.name = name
         self.project = project
@@ -127,6 +128,7 @@ class Server:
         self.resets_at = resets_at
         self.scale = scale
         self.power = power          # power.instance's policy, or None
+        self.gap = gap              # (first, end) indices without samples
         self.samples = {}
 
 
@@ -142,10 +144,11 @@ def make_samples(server, times, rng):
     server.samples['energy.instance.idle'] = cumulative(
         times, idle, server.resets_at)
     if server.power:
-        # None on the first poll; W in 1/8ths (exact in binary).
+        # As Ceilometer computes it: the energy increase over the time
+        # since the previous poll (none on the first).
         server.samples['power.instance'] = [
-            (t, F(rng.randint(40, 160) * server.scale, 8))
-            for t in times[1:]]
+            (t1, inc / (t1 - t0)) for t0, t1, inc in zip(
+                times, times[1:], total[1:], strict=False)]
     if server.carbon:
         # The carbon counter of a migration's destination restarts.
         server.samples['carbon.instance'] = cumulative(
@@ -204,8 +207,10 @@ def world(tmp_path_factory):
         # No power.instance: the average over the periods' span.
         'a_db': Server('db-' + tag, a, 'simulated', carbon=False,
                        resets_at=21, power=None),
+        # Stopped for a while (no samples, the counters stand still):
+        # its average while running is above its energy over the span.
         'a_old': Server('old-' + tag, a, None, carbon=False,
-                        carbon_metric=True, scale=2),
+                        carbon_metric=True, scale=2, gap=(12, 26)),
         # Same name as a_web, in the other project.
         'b_web': Server('web-' + tag, b, 'rapl', carbon=True, scale=5),
         # power.instance on the older policy (mean and max only).
@@ -218,7 +223,8 @@ def world(tmp_path_factory):
     base = floor(now - 7200, 3600) + 37
     times = [base + 97 * i for i in range(40)]
     for server in servers.values():
-        make_samples(server, times, rng)
+        first, end = server.gap or (0, 0)
+        make_samples(server, times[:first] + times[end:], rng)
         create(admin, server)
     stack.wait_processed(admin, [])
     return stack, servers, a, b, times
