@@ -17,7 +17,8 @@
 #                       [scaphandre]), the shim linked into Nova's tree,
 #                       the rootwrap filter; Ceilometer's polling.yaml
 #                       and [scaphandre] snapshot_path (ceilometer-acompute),
-#                       its gnocchi_resources.yaml (ceilometer-anotification)
+#                       its gnocchi_resources.yaml and pipeline.yaml
+#                       (ceilometer-anotification)
 #   stack extra         Ceilometer again (see below)
 #   stack test-config   Gnocchi's archive policies and resource types
 #                       (scaph-openstack telemetry-setup as devstack's
@@ -229,9 +230,10 @@ EOF
 
 # Adds (add) or removes (remove) the entries of
 # $SCAPH_OPENSTACK_GNOCCHI_RESOURCES in Ceilometer's gnocchi_resources.yaml:
-# our archive policies (by name) and our resource entries (an entry whose
-# metrics are all meters of our file: Ceilometer's own entries for the same
-# resource types are kept). Previous copies of ours are taken out first,
+# our archive policies (by name; any "scaph-*" one is ours too, so that a
+# policy an older version of the file named is not left behind) and our
+# resource entries (an entry whose metrics are all meters of our file:
+# Ceilometer's own entries for the same resource types are kept). Previous copies of ours are taken out first,
 # so applying it twice changes nothing; every other entry and key is kept.
 # Without the file (devstack's Ceilometer does not install one: the
 # publisher falls back to its package's copy), the merge starts from that
@@ -270,6 +272,11 @@ meters = {m for r in our_resources for m in r.get('metrics') or ()}
 policy_names = {p['name'] for p in our_policies}
 
 
+def is_our_policy(policy):
+    name = str(policy.get('name'))
+    return name in policy_names or name.startswith('scaph-')
+
+
 def is_ours(resource):
     names = set(resource.get('metrics') or ())
     return bool(names) and names <= meters
@@ -280,7 +287,7 @@ with open(start) as f:
     doc = yaml.safe_load(f) or {}
 new = copy.deepcopy(doc)
 policies = [p for p in new.get('archive_policies') or []
-            if p.get('name') not in policy_names]
+            if not is_our_policy(p)]
 resources = [r for r in new.get('resources') or [] if not is_ours(r)]
 if action == 'add':
     policies.extend(our_policies)
@@ -289,6 +296,126 @@ if policies or 'archive_policies' in new:
     new['archive_policies'] = policies
 new['resources'] = resources
 if new == doc and start == target:
+    sys.exit(0)          # nothing to change: leave the file as it is
+tmp = target + '.scaph-tmp'
+with open(tmp, 'w') as f:
+    f.write('---\n')
+    yaml.safe_dump(new, f, default_flow_style=False, sort_keys=False)
+os.replace(tmp, target)
+EOF
+}
+
+# Devstack's Ceilometer publishes every meter with
+# "gnocchi://?archive_policy=$GNOCCHI_ARCHIVE_POLICY&...", and that
+# archive_policy overrides gnocchi_resources.yaml's: our metrics would be
+# created on ceilometer-low (mean only), without the "last" and "rate:sum"
+# our readers use. When a gnocchi:// publisher that our meters reach has
+# one, add (add) our own source and sink to $CEILOMETER_CONF_DIR's
+# pipeline.yaml: our meters (those of $SCAPH_OPENSTACK_GNOCCHI_RESOURCES),
+# published by the same publishers less that archive_policy, and excluded
+# ("!meter") from the sources that matched them, so that each sample is
+# published once. Ceilometer's own meters keep the override. remove takes
+# our source, sink and exclusions out again. Idempotent.
+function _scaph_edit_pipeline {
+    local action=$1
+    local target
+    target=$(_scaph_ceilometer_conf_dir)/pipeline.yaml
+    # No file: Ceilometer's packaged pipeline, a plain gnocchi://.
+    if [[ ! -f "$target" ]]; then
+        return
+    fi
+    if [[ ! -f "$SCAPH_OPENSTACK_GNOCCHI_RESOURCES" ]]; then
+        die $LINENO "$SCAPH_OPENSTACK_GNOCCHI_RESOURCES not found"
+    fi
+    "${PYTHON:-python3}" - "$action" "$SCAPH_OPENSTACK_GNOCCHI_RESOURCES" \
+        "$target" <<'EOF'
+import copy
+import fnmatch
+import os
+import sys
+import urllib.parse
+
+import yaml
+
+SOURCE, SINK = 'scaph_meters', 'scaph_sink'
+action, ours_path, target = sys.argv[1:]
+with open(ours_path) as f:
+    ours = yaml.safe_load(f) or {}
+meters = sorted({m for r in ours.get('resources') or []
+                 for m in r.get('metrics') or ()})
+excludes = ['!' + m for m in meters]
+
+
+def supported(entries, meter):
+    # ceilometer.agent.Source.is_supported
+    if any(fnmatch.fnmatch(meter, e[1:]) for e in entries if e[0] == '!'):
+        return False
+    if any(fnmatch.fnmatch(meter, e) for e in entries if e[0] != '!'):
+        return True
+    return all(e.startswith('!') for e in entries)
+
+
+def split_policy(url):
+    """(url without archive_policy, whether it had one) of a gnocchi://."""
+    base, _, query = url.partition('?')
+    if not base.startswith('gnocchi:'):
+        return url, False
+    pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+    kept = [(k, v) for k, v in pairs if k != 'archive_policy']
+    if len(kept) == len(pairs):
+        return url, False
+    # (urlunsplit would write "gnocchi:?...": no host, no "//")
+    return base + ('?' + urllib.parse.urlencode(kept) if kept else ''), True
+
+
+with open(target) as f:
+    doc = yaml.safe_load(f) or {}
+new = copy.deepcopy(doc)
+# Ours out first: our source and sink, our exclusions.
+sources = [s for s in new.get('sources') or [] if s.get('name') != SOURCE]
+sinks = [s for s in new.get('sinks') or [] if s.get('name') != SINK]
+for source in sources:
+    if source.get('meters'):
+        source['meters'] = [m for m in source['meters']
+                            if m not in excludes]
+if action == 'add':
+    reached = {}                  # source name -> our meters it matches
+    for source in sources:
+        matched = [m for m in meters
+                   if supported(source.get('meters') or [], m)]
+        if matched:
+            reached[source['name']] = matched
+    sink_names = [n for s in sources if s['name'] in reached
+                  for n in s.get('sinks') or []]
+    publishers, overridden = [], False
+    for sink in sinks:
+        if sink.get('name') not in sink_names:
+            continue
+        for url in sink.get('publishers') or []:
+            url, had = split_policy(url)
+            overridden = overridden or had
+            if url not in publishers:
+                publishers.append(url)
+    separable = all(
+        '*' in s['meters'] or any(m.startswith('!') for m in s['meters'])
+        for s in sources if s['name'] in reached)
+    if overridden and not separable:
+        sys.stderr.write(
+            'scaph-openstack: %s: a source lists our meters by name or '
+            'pattern; left as it is: their Gnocchi metrics take the '
+            "publisher's archive_policy\n" % target)
+    elif overridden:
+        for source in sources:
+            for meter in reached.get(source['name'], ()):
+                source['meters'].append('!' + meter)
+        ours_meters = [m for m in meters
+                       if any(m in v for v in reached.values())]
+        sources.append({'name': SOURCE, 'meters': ours_meters,
+                        'sinks': [SINK]})
+        sinks.append({'name': SINK, 'publishers': publishers})
+new['sources'] = sources
+new['sinks'] = sinks
+if new == doc:
     sys.exit(0)          # nothing to change: leave the file as it is
 tmp = target + '.scaph-tmp'
 with open(tmp, 'w') as f:
@@ -317,6 +444,7 @@ function scaph_configure_ceilometer {
     # The notification agent's gnocchi:// publisher reads it.
     if is_service_enabled ceilometer-anotification; then
         _scaph_edit_gnocchi_resources add
+        _scaph_edit_pipeline add
     fi
 }
 
@@ -325,6 +453,7 @@ function scaph_unconfigure_ceilometer {
     conf=$(_scaph_ceilometer_conf)
     _scaph_edit_polling remove
     _scaph_edit_gnocchi_resources remove
+    _scaph_edit_pipeline remove
     if [[ -f "$conf" ]] && ini_has_option "$conf" scaphandre snapshot_path; then
         inidelete "$conf" scaphandre snapshot_path
     fi

@@ -14,6 +14,7 @@ against the command line oslo.privsep builds), the example configuration
 """
 
 import configparser
+import copy
 import filecmp
 import fnmatch
 import json
@@ -53,6 +54,15 @@ debug = True
 
 CEILOMETER_POLLING = {'sources': [
     {'name': 'all_pollsters', 'interval': 300, 'meters': ['*']}]}
+
+# pipeline.yaml as devstack's Ceilometer writes it (CEILOMETER_BACKENDS=
+# gnocchi, GNOCCHI_ARCHIVE_POLICY=ceilometer-low): the publisher's
+# archive_policy overrides gnocchi_resources.yaml's for every metric.
+DEVSTACK_PUBLISHER = 'gnocchi://?archive_policy=ceilometer-low&filter_project=service'
+CEILOMETER_PIPELINE = {
+    'sources': [{'name': 'meter_source', 'meters': ['*'],
+                 'sinks': ['meter_sink']}],
+    'sinks': [{'name': 'meter_sink', 'publishers': [DEVSTACK_PUBLISHER]}]}
 
 ALL_SERVICES = 'key,n-api,n-cpu,ceilometer-acompute,ceilometer-anotification'
 
@@ -116,6 +126,12 @@ def yaml_load(path):
         return yaml.safe_load(f)
 
 
+def write_yaml(path, doc):
+    with open(path, 'w') as f:
+        f.write('---\n')
+        yaml.safe_dump(doc, f, sort_keys=False)
+
+
 def tree(root):
     """{relative path: bytes or link target} of everything under root."""
     found = {}
@@ -147,6 +163,8 @@ class Devstack:
         self.ceilometer_conf = os.path.join(self.ceilometer_conf_dir,
                                             'ceilometer.conf')
         self.polling = os.path.join(self.ceilometer_conf_dir, 'polling.yaml')
+        self.pipeline = os.path.join(self.ceilometer_conf_dir,
+                                     'pipeline.yaml')
         self.gnocchi_resources = os.path.join(self.ceilometer_conf_dir,
                                               'gnocchi_resources.yaml')
         self.ceilometer_default_resources = os.path.join(
@@ -187,6 +205,7 @@ class Devstack:
         with open(self.ceilometer_conf, 'w') as f:
             f.write(CEILOMETER_CONF)
         self.write_polling(CEILOMETER_POLLING)
+        write_yaml(self.pipeline, CEILOMETER_PIPELINE)
         os.makedirs(os.path.join(self.ceilometer_dir, 'etc/ceilometer'))
         with open(os.path.join(self.ceilometer_dir,
                                'etc/ceilometer/polling.yaml'), 'w') as f:
@@ -325,6 +344,22 @@ def with_ours(doc):
     return merged
 
 
+def routes(pipeline_path, meter):
+    """[(source, publishers of its sinks)] that Ceilometer's notification
+    agent would publish ``meter`` through, with its own source classes
+    (which also check each source's meters are valid)."""
+    from ceilometer.pipeline import sample as pipeline_sample
+    doc = yaml_load(pipeline_path)
+    sinks = {sink['name']: sink['publishers'] for sink in doc['sinks']}
+    found = []
+    for cfg in doc['sources']:
+        source = pipeline_sample.SampleSource(cfg)
+        if source.support_meter(meter):
+            found.append((source.name, [p for name in cfg['sinks']
+                                        for p in sinks[name]]))
+    return found
+
+
 def stack_group():
     """The group ceilometer-polling runs as under devstack ($STACK_USER's),
     None where this machine has no such user."""
@@ -449,6 +484,11 @@ def test_stack_unstack_clean(devstack):
     # copy) with our archive policies and resources appended.
     ceilometer_default = yaml_load(ds.ceilometer_default_resources)
     assert yaml_load(ds.gnocchi_resources) == with_ours(ceilometer_default)
+    # pipeline.yaml: our meters by our own sink, without the override.
+    assert routes(ds.pipeline, 'energy.instance') == [
+        ('scaph_meters', ['gnocchi://?filter_project=service'])]
+    assert routes(ds.pipeline, 'cpu') == [
+        ('meter_source', [DEVSTACK_PUBLISHER])]
     after_config = tree(ds.root)
 
     ds.run('stack', 'extra')
@@ -477,6 +517,7 @@ def test_stack_unstack_clean(devstack):
     assert not os.path.exists(ds.filter)
     assert yaml_load(ds.polling) == CEILOMETER_POLLING
     assert yaml_load(ds.gnocchi_resources) == ceilometer_default
+    assert yaml_load(ds.pipeline) == CEILOMETER_PIPELINE
     assert not ini(ds.ceilometer_conf).has_option('scaphandre',
                                                   'snapshot_path')
 
@@ -548,15 +589,15 @@ OPERATOR_RESOURCE = {'resource_type': 'instance',
                      'metrics': {'cpu': None, 'energy.instance': None}}
 
 
+def our_policy_names():
+    """The archive policies telemetry-setup creates, by name."""
+    from scaph_openstack.telemetry import gnocchi as telemetry
+    return [p['name'] for p in telemetry.ARCHIVE_POLICIES]
+
+
 def our_meters():
     return {m for r in our_gnocchi_resources()['resources']
             for m in r['metrics']}
-
-
-def write_yaml(path, doc):
-    with open(path, 'w') as f:
-        f.write('---\n')
-        yaml.safe_dump(doc, f, sort_keys=False)
 
 
 def test_our_gnocchi_resources_are_our_meters():
@@ -565,7 +606,7 @@ def test_our_gnocchi_resources_are_our_meters():
     their meters."""
     assert our_meters() == set(setup_cfg_pollsters())
     names = [p['name'] for p in our_gnocchi_resources()['archive_policies']]
-    assert names == ['scaph-energy', 'scaph-power']
+    assert names == our_policy_names()
 
 
 def test_gnocchi_resources_idempotent(devstack):
@@ -582,7 +623,7 @@ def test_gnocchi_resources_idempotent(devstack):
     assert os.stat(ds.gnocchi_resources).st_ino == inode
     doc = yaml_load(ds.gnocchi_resources)
     names = [p['name'] for p in doc['archive_policies']]
-    assert names.count('scaph-energy') == names.count('scaph-power') == 1
+    assert [names.count(n) for n in our_policy_names()] == [1, 1]
 
 
 def test_gnocchi_resources_other_entries_kept(devstack):
@@ -595,12 +636,17 @@ def test_gnocchi_resources_other_entries_kept(devstack):
     theirs['archive_policies'] = default['archive_policies'] + [
         OPERATOR_POLICY]
     theirs['resources'] = default['resources'] + [OPERATOR_RESOURCE]
+    old_definition = [{'granularity': '1 hour', 'timespan': '7 days'}]
     old_ours = {
+        # scaph-energy, another definition; a policy of ours since renamed.
         'archive_policies': [{'name': 'scaph-energy',
                               'aggregation_methods': ['last'],
                               'back_window': 0,
-                              'definition': [{'granularity': '1 hour',
-                                              'timespan': '7 days'}]}],
+                              'definition': old_definition},
+                             {'name': 'scaph-older-name',
+                              'aggregation_methods': ['mean'],
+                              'back_window': 0,
+                              'definition': old_definition}],
         'resources': [{'resource_type': 'instance',
                        'metrics': ['energy.instance']}]}
     stale = dict(theirs)
@@ -688,13 +734,108 @@ def test_ceilometer_publisher_loads_the_merged_file(devstack):
     # Every resource entry loaded (a bad one is logged and skipped).
     default = yaml_load(devstack.ceilometer_default_resources)
     assert len(definitions) == len(default['resources']) + len(ours)
-    assert [p['name'] for p in policies][-2:] == ['scaph-energy',
-                                                   'scaph-power']
+    assert [p['name'] for p in policies][-2:] == our_policy_names()
     from scaph_openstack.telemetry import gnocchi as telemetry
     by_name = {p['name']: p for p in policies}
     for policy in telemetry.ARCHIVE_POLICIES:
         assert by_name[policy['name']]['aggregation_methods'] == \
             policy['aggregation_methods']
+
+
+def test_pipeline_our_meters_without_the_archive_policy_override(devstack):
+    """Every meter of ours goes through our sink only, with devstack's
+    publisher less its archive_policy; Ceilometer's meters as before.
+    Idempotent; unstack gives the file back."""
+    ds = devstack
+    ds.run('stack', 'post-config')
+    for meter in sorted(our_meters()):
+        assert routes(ds.pipeline, meter) == [
+            ('scaph_meters', ['gnocchi://?filter_project=service'])], meter
+    for meter in ('cpu', 'disk.device.read.bytes', 'image.size'):
+        assert routes(ds.pipeline, meter) == [
+            ('meter_source', [DEVSTACK_PUBLISHER])]
+    with open(ds.pipeline, 'rb') as f:
+        first = f.read()
+    inode = os.stat(ds.pipeline).st_ino
+    ds.run('stack', 'extra')
+    with open(ds.pipeline, 'rb') as f:
+        assert f.read() == first
+    assert os.stat(ds.pipeline).st_ino == inode
+    # Ceilometer's post-config after ours wrote its pipeline again.
+    write_yaml(ds.pipeline, CEILOMETER_PIPELINE)
+    ds.run('stack', 'extra')
+    with open(ds.pipeline, 'rb') as f:
+        assert f.read() == first
+    ds.run('unstack')
+    assert yaml_load(ds.pipeline) == CEILOMETER_PIPELINE
+
+
+def test_pipeline_other_publishers_follow_our_meters(devstack):
+    """gnocchi and sg-core backends: our sink has both publishers."""
+    ds = devstack
+    pipeline = {
+        'sources': [{'name': 'meter_source', 'meters': ['*', '!cpu'],
+                     'sinks': ['meter_sink']}],
+        'sinks': [{'name': 'meter_sink', 'publishers': [
+            DEVSTACK_PUBLISHER, 'tcp://127.0.0.1:4242']}]}
+    write_yaml(ds.pipeline, pipeline)
+    ds.run('stack', 'post-config')
+    assert routes(ds.pipeline, 'power.instance') == [
+        ('scaph_meters', ['gnocchi://?filter_project=service',
+                          'tcp://127.0.0.1:4242'])]
+    assert routes(ds.pipeline, 'cpu') == []
+    ds.run('unstack')
+    assert yaml_load(ds.pipeline) == pipeline
+
+
+def test_pipeline_publisher_with_the_override_only(devstack):
+    pipeline = copy.deepcopy(CEILOMETER_PIPELINE)
+    pipeline['sinks'][0]['publishers'] = [
+        'gnocchi://?archive_policy=ceilometer-high-rate']
+    write_yaml(devstack.pipeline, pipeline)
+    devstack.run('stack', 'post-config')
+    assert routes(devstack.pipeline, 'energy.host.zone') == [
+        ('scaph_meters', ['gnocchi://'])]
+
+
+@pytest.mark.parametrize('publisher', [
+    'gnocchi://', 'gnocchi://?filter_project=service',
+    'tcp://127.0.0.1:4242'])
+def test_pipeline_without_override_is_untouched(devstack, publisher):
+    """Without an archive_policy in the URL, gnocchi_resources.yaml's
+    policies apply: nothing to do."""
+    ds = devstack
+    pipeline = copy.deepcopy(CEILOMETER_PIPELINE)
+    pipeline['sinks'][0]['publishers'] = [publisher]
+    write_yaml(ds.pipeline, pipeline)
+    with open(ds.pipeline, 'rb') as f:
+        before = f.read()
+    ds.stack()
+    with open(ds.pipeline, 'rb') as f:
+        assert f.read() == before
+
+
+def test_pipeline_source_naming_our_meters_is_left_alone(devstack):
+    """A source that lists our meters (by name or pattern) cannot take an
+    exclusion (Ceilometer refuses included and excluded meters in one
+    source): the plugin leaves the file and says so."""
+    ds = devstack
+    pipeline = {
+        'sources': [{'name': 'energy', 'meters': ['energy.*', 'cpu'],
+                     'sinks': ['meter_sink']}],
+        'sinks': [{'name': 'meter_sink',
+                   'publishers': [DEVSTACK_PUBLISHER]}]}
+    write_yaml(ds.pipeline, pipeline)
+    result = ds.run('stack', 'post-config')
+    assert 'a source lists our meters' in result.stderr
+    assert yaml_load(ds.pipeline) == pipeline
+
+
+def test_pipeline_missing_is_not_created(devstack):
+    os.unlink(devstack.pipeline)
+    devstack.stack()
+    devstack.run('unstack')
+    assert not os.path.exists(devstack.pipeline)
 
 
 @pytest.fixture

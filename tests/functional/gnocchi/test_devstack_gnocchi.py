@@ -18,9 +18,12 @@ Checked through gnocchiclient: before, none of our archive policies
 energy_source attribute on the instance type; after, all of them, with the
 definitions of scaph_openstack/telemetry/gnocchi.py; a second run changes
 nothing. Then
-Ceilometer's gnocchi:// publisher, given the gnocchi_resources.yaml the
-plugin merged (post-config), creates an instance resource with our metrics
-on our archive policies, and an energy_zone resource.
+Ceilometer's gnocchi:// publisher, built from the URL the plugin gave our
+meters in devstack's pipeline.yaml (whose archive_policy=ceilometer-low
+would otherwise override ours) and reading the gnocchi_resources.yaml the
+plugin merged, from /etc/ceilometer's stand-in as Ceilometer finds it,
+creates an instance resource with our metrics on our archive policies, and
+an energy_zone resource.
 
 Root is needed (PostgreSQL runs as the postgres user): skipped otherwise,
 a failure with CI=true.
@@ -119,6 +122,8 @@ def devstack_host(tmp_path):
     os.symlink(scaph_openstack, ds.scaph_openstack)
     with open(ds.openrc, 'w') as f:
         f.write(OPENRC)
+    # devstack's pipeline.yaml (GNOCCHI_ARCHIVE_POLICY=ceilometer-low).
+    devstack_test.write_yaml(ds.pipeline, devstack_test.CEILOMETER_PIPELINE)
     return ds
 
 
@@ -163,41 +168,70 @@ def test_test_config_creates_what_gnocchi_needs(fresh_gnocchi, tmp_path):
     publish_through_ceilometer(stack, ds, tmp_path)
 
 
+def our_publisher_url(ds):
+    """The publisher of the pipeline's sink for our meters."""
+    doc = devstack_test.yaml_load(ds.pipeline)
+    source, = [s for s in doc['sources']
+               if 'energy.instance' in s['meters']]
+    sinks = {sink['name']: sink['publishers'] for sink in doc['sinks']}
+    url, = [u for name in source['sinks'] for u in sinks[name]]
+    return url
+
+
 def publish_through_ceilometer(stack, ds, tmp_path):
-    """Ceilometer's gnocchi:// publisher with the plugin's merged
+    """Ceilometer's gnocchi:// publisher, as the pipeline the plugin
+    edited builds it for our meters, with the plugin's merged
     gnocchi_resources.yaml: our meters land on our resources and
     policies."""
     from ceilometer import sample as sample_mod
     from ceilometer import service
     from ceilometer.publisher import gnocchi as gnocchi_publisher
 
-    conf_path = agentlib.write_config(
-        str(tmp_path / 'ceilometer-publisher.conf'),
-        {'service_credentials': stack.ceilometer_credentials()})
-    conf = service.prepare_service(argv=[], config_files=[conf_path])
-    # No Keystone: the filter on Gnocchi's own project would ask it.
-    url = urllib.parse.urlparse(
-        'gnocchi://?enable_filter_project=false&resources_definition_file='
-        + urllib.parse.quote(ds.gnocchi_resources))
-    publisher = gnocchi_publisher.GnocchiPublisher(conf, url)
+    url = our_publisher_url(ds)
+    assert url == 'gnocchi://?filter_project=service'
+    # ceilometer.conf in the fake /etc/ceilometer: the publisher finds
+    # gnocchi_resources.yaml next to it, as on a devstack host.
+    agentlib.write_config(ds.ceilometer_conf, {
+        'service_credentials': stack.ceilometer_credentials()})
+    conf = service.prepare_service(argv=[],
+                                   config_files=[ds.ceilometer_conf])
 
-    instance_id = str(uuid.uuid4())
+    def publisher_for(url):
+        # No Keystone: the filter on the service project would ask it.
+        return gnocchi_publisher.GnocchiPublisher(
+            conf, urllib.parse.urlparse(url + '&enable_filter_project=false'))
+
+    publisher = publisher_for(url)
+    assert {m for rd in publisher.resources_definition
+            for m in rd.metrics} >= devstack_test.our_meters()
+
     project, user = uuid.uuid4().hex, uuid.uuid4().hex
     zone_id = 'compute-1-package-0'
     now = datetime.datetime.now(datetime.timezone.utc).isoformat()
     instance_metadata = {'host': 'compute-1', 'display_name': 'vm-1',
                          'flavor_id': '1', 'flavor_name': 'm1.tiny',
                          'source': 'simulated'}
-    samples = [
-        sample_mod.Sample(name=name, type=kind, unit=unit, volume=volume,
-                          user_id=user, project_id=project,
-                          resource_id=instance_id, timestamp=now,
-                          resource_metadata=instance_metadata)
-        for name, kind, unit, volume in (
-            ('energy.instance', 'cumulative', 'J', 1234.5),
-            ('energy.instance.dynamic', 'cumulative', 'J', 1000.0),
-            ('energy.instance.idle', 'cumulative', 'J', 234.5),
-            ('power.instance', 'gauge', 'W', 12.5))]
+
+    def instance_samples(instance_id):
+        return [
+            sample_mod.Sample(
+                name=name, type=kind, unit=unit, volume=volume,
+                user_id=user, project_id=project, resource_id=instance_id,
+                timestamp=now, resource_metadata=instance_metadata)
+            for name, kind, unit, volume in (
+                ('energy.instance', 'cumulative', 'J', 1234.5),
+                ('energy.instance.dynamic', 'cumulative', 'J', 1000.0),
+                ('energy.instance.idle', 'cumulative', 'J', 234.5),
+                ('power.instance', 'gauge', 'W', 12.5))]
+
+    def policies(instance_id):
+        metrics = client.resource.get('instance', instance_id)['metrics']
+        return {name: client.metric.get(metric_id)['archive_policy']['name']
+                for name, metric_id in metrics.items()}
+
+    client = stack.client()
+    instance_id = str(uuid.uuid4())
+    samples = instance_samples(instance_id)
     samples.append(sample_mod.Sample(
         name='energy.host.zone', type='cumulative', unit='J', volume=99.0,
         user_id=None, project_id=None, resource_id=zone_id, timestamp=now,
@@ -205,17 +239,11 @@ def publish_through_ceilometer(stack, ds, tmp_path):
                            'kind': 'package'}))
     publisher.publish_samples(samples)
 
-    client = stack.client()
     resource = client.resource.get('instance', instance_id)
     assert resource['energy_source'] == 'simulated'
     assert resource['project_id'] == project
-    metrics = resource['metrics']
-    assert set(metrics) == {'energy.instance', 'energy.instance.dynamic',
-                            'energy.instance.idle', 'power.instance'}
-    policy = {name: client.metric.get(metric_id)['archive_policy']['name']
-              for name, metric_id in metrics.items()}
     energy, power = telemetry.ENERGY_POLICY, telemetry.POWER_POLICY
-    assert policy == {'energy.instance': energy,
+    assert policies(instance_id) == {'energy.instance': energy,
                       'energy.instance.dynamic': energy,
                       'energy.instance.idle': energy,
                       'power.instance': power}
@@ -223,3 +251,10 @@ def publish_through_ceilometer(stack, ds, tmp_path):
     assert (zone['node'], zone['zone'], zone['kind']) == (
         'compute-1', 'package-0', 'package')
     assert set(zone['metrics']) == {'energy.host.zone'}
+
+    # Why the plugin gives our meters their own sink: through devstack's
+    # publisher, archive_policy=ceilometer-low wins over our policies.
+    other = str(uuid.uuid4())
+    publisher_for(devstack_test.DEVSTACK_PUBLISHER).publish_samples(
+        instance_samples(other))
+    assert set(policies(other).values()) == {'ceilometer-low'}
