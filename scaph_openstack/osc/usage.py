@@ -414,7 +414,10 @@ def pending_metrics(client):
     return None if found is None else set(found)
 
 
-def refresh(client, resources, now):
+_ASK = object()
+
+
+def refresh(client, resources, now, pending=_ASK):
     """Process the measures Gnocchi holds for these resources' metrics
     and has not aggregated yet (its ``refresh``: the aggregates API has
     none, the measures of one metric do), so that every metric read next
@@ -423,14 +426,16 @@ def refresh(client, resources, now):
     request per metric (only those with pending measures where Gnocchi's
     status says which), several at a time; a metric gnocchi-metricd holds
     (503) is asked again once, a second later; a failure only leaves that
-    metric as metricd left it. Nothing is read back (start: tomorrow)."""
+    metric as metricd left it. Nothing is read back (start: tomorrow).
+    ``pending``: what pending_metrics() said, when already asked."""
     wanted = []
     for resource in resources:
         for name, metric_id in (resource.get('metrics') or {}).items():
             if name in METRICS or name == POWER:
                 # An aggregation the metric's policy has (else 404).
                 wanted.append((metric_id, MEAN if name == POWER else LAST))
-    pending = pending_metrics(client) if wanted else None
+    if pending is _ASK:
+        pending = pending_metrics(client) if wanted else None
     if pending is not None:
         wanted = [w for w in wanted if w[0] in pending]
     if not wanted:
@@ -550,16 +555,30 @@ def search_all(client, search, page=1000):
         marker = batch[-1]['id']
 
 
+def refresh_usage(client, search, span):
+    """refresh() for ``openstack energy usage``: the metrics of every
+    server ``search`` finds but those deleted before the window (nothing
+    of theirs can be pending in it), none when Gnocchi's status says
+    nothing is pending."""
+    pending = pending_metrics(client)
+    if pending == set():
+        return 0
+    alive = {'or': [{'=': {'ended_at': None}},
+                    {'>=': {'ended_at': isoformat(span.start)}}]}
+    resources = search_all(client, {'and': [alive, search]} if search
+                           else alive)
+    return refresh(client, resources, span.now, pending)
+
+
 def usage(client, span, project=None, granularity=None):
     """``openstack energy usage``: (servers sorted by energy, total)."""
     search = {'=': {'project_id': project}} if project else {}
-    found = search_all(client, search)
+    found = client.resource.search(resource_type=RESOURCE_TYPE,
+                                   query=search or None, limit=20,
+                                   sorts=['started_at:desc'])
     policy = energy_policy(client, found)
     chosen = choose_granularity(policy, span.start, span.now, granularity)
-    # Servers deleted before the window have nothing pending in it.
-    refresh(client, [r for r in found if not r.get('ended_at') or
-                     parse_time(r['ended_at'], span.now) >= span.start],
-            span.now)
+    refresh_usage(client, search, span)
     servers = fetch(client, search, span.start, span.end, chosen,
                     groupby(client))
     return servers, total(servers, chosen)

@@ -550,3 +550,23 @@ def test_search_all_pages():
     found = usage.search_all(client, {'=': {'project_id': 'p'}}, page=2)
     assert [r['id'] for r in found] == ['0', '1', '2', '3', '4']
     assert [c[2] for c in client.resource.calls] == [None, '1', '3']
+
+
+def test_refresh_usage_skips_servers_deleted_before_the_window():
+    client = refresh_client(pending={'e1': 2})
+    client.resource = FakeSearch(RESOURCES)
+    span = usage.window('-1d', now=NOW)
+    assert usage.refresh_usage(client, {'=': {'project_id': 'p'}},
+                               span) == 1
+    [(query, _limit, _marker)] = client.resource.calls
+    assert query == {'and': [
+        {'or': [{'=': {'ended_at': None}},
+                {'>=': {'ended_at': '2026-11-30T00:00:00Z'}}]},
+        {'=': {'project_id': 'p'}}]}
+    assert [u.split('?')[0] for u in client.api.urls] == [
+        'v1/metric/e1/measures']
+    # Nothing pending, Gnocchi says: not even a search.
+    client = refresh_client(pending={})
+    client.resource = FakeSearch(RESOURCES)
+    assert usage.refresh_usage(client, {}, span) == 0
+    assert client.resource.calls == [] and client.api.urls == []
