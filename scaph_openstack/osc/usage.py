@@ -18,9 +18,10 @@ reset is counted, never subtracted.
 The average power comes from the gauge ``power.instance`` (W, each sample
 the average over one Ceilometer polling period): the sum of its per-period
 ``sum`` over the sum of its per-period ``count`` is the mean of its
-samples, the average power while the server ran and was polled. Older
-policies (``scaph-power``: mean and max) give the mean of the per-period
-means instead; without the gauge, energy over the periods' span.
+samples, the average power while the server ran and was polled. A
+policy without sum and count (one an operator made, or Ceilometer's
+``ceilometer-low``: mean only) gives the mean of the per-period means
+instead; without the gauge, energy over the periods' span.
 
 Before reading, the pending measures of the servers' metrics are
 processed (Gnocchi's ``refresh``), so that the numbers of one answer agree
@@ -52,7 +53,7 @@ RATE = 'rate:sum'
 LAST = 'last'
 SUM, COUNT, MEAN, MAX = 'sum', 'count', 'mean', 'max'
 # power.instance's aggregations, asked for in this order: what
-# scaph-power-2 has, what the older scaph-power has, mean alone, none.
+# scaph-power has, mean and max, mean alone (ceilometer-low), none.
 # One aggregates call fails whole when one metric's policy lacks one
 # (404), so each is tried in turn.
 POWER_AGGREGATIONS = ((SUM, COUNT, MEAN, MAX), (MEAN, MAX), (MEAN,), ())

@@ -26,11 +26,10 @@ ENERGY_POLICY = 'scaph-energy'
 # period): per period the sum and the count of those averages (their exact
 # mean over any run of periods: sum of sums / sum of counts, what
 # `openstack server energy show` reports), their mean and their peak.
-# Named scaph-power-2: Gnocchi cannot add aggregation methods to an
-# existing policy (PATCH changes the definition and back_window only), and
-# telemetry-setup never overwrites one, so the older scaph-power (mean and
-# max only) stays where it was created, under the metrics created with it.
-POWER_POLICY = 'scaph-power-2'
+# Gnocchi cannot add aggregation methods to an existing policy (PATCH
+# changes the definition and back_window only): a policy of that name
+# made otherwise is reported by telemetry-setup, never overwritten.
+POWER_POLICY = 'scaph-power'
 # 5 minutes for a month (Ceilometer's own "low" policies), hours for
 # 13 months (a year against the last), days for 5 years of reports.
 DEFINITION = (

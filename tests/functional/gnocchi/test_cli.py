@@ -14,7 +14,7 @@ increases between successive samples (the increase into a period's first
 sample from the sample before it belongs to the period), a negative period
 counting its last value instead and one reset. power.instance (the
 average W over each polling period) gets samples of varying values on
-scaph-power-2 (Average (W) is their exact mean, Peak (W) their highest),
+scaph-power (Average (W) is their exact mean, Peak (W) their highest),
 on an older policy with mean and max only (Average (W) is the mean of the
 period means, and says so) or none at all (energy over the span).
 
@@ -50,7 +50,7 @@ UTC = datetime.timezone.utc
 G = 300                          # the finest granularity of scaph-energy
 ENERGY_METRICS = ('energy.instance', 'energy.instance.dynamic',
                   'energy.instance.idle')
-POWER_POLICY = 'scaph-power-2'
+POWER_POLICY = 'scaph-power'
 # The power policy of older releases (mean and max only), under another
 # name so that this test does not depend on what the Gnocchi already has.
 LEGACY_POWER_POLICY = 'scaph-test-power-mean-max'
@@ -232,7 +232,7 @@ def world(tmp_path_factory):
 
 def power_truth(server, g, start=None, end=None):
     """(Average (W), Average over, Peak (W)) from the power.instance
-    samples in the periods read: their mean (scaph-power-2), the mean of
+    samples in the periods read: their mean (scaph-power), the mean of
     the periods' means (the older policy), or the energy over the span."""
     samples = [(t, v) for t, v in server.samples.get('power.instance', ())
                if (start is None or floor(t, g) >= floor(start, g))

@@ -75,7 +75,7 @@ def test_gnocchi_snippet_maps_every_meter(conf, tmp_path):
                 for m in METERS}
     assert policies == {m: 'scaph-energy' for m in METERS
                         if m != 'power.instance'} | {
-        'power.instance': 'scaph-power-2'}
+        'power.instance': 'scaph-power'}
 
 
 def test_archive_policies_are_telemetry_setups(conf, tmp_path):
@@ -128,9 +128,8 @@ def test_gnocchi_attributes_from_our_samples(conf, tmp_path):
 def test_power_policy_keeps_sum_and_count():
     """The power policy gives sum and count (the exact mean of the
     power.instance samples over a window: openstack server energy show's
-    Average (W)) besides mean and max; a new name, as Gnocchi cannot add
-    methods to the older scaph-power."""
+    Average (W)) besides mean and max."""
     (power,) = [p for p in load_yaml('gnocchi_resources.yaml')
-                ['archive_policies'] if p['name'] == 'scaph-power-2']
+                ['archive_policies'] if p['name'] == 'scaph-power']
     assert set(power['aggregation_methods']) == {'sum', 'count', 'mean',
                                                   'max'}

@@ -439,7 +439,7 @@ def test_total_averages_over_the_window_without_peak():
 
 @pytest.mark.parametrize('refusals, calls, over', [
     ((), 1, 'running'),
-    # An older policy (scaph-power): mean and max only.
+    # A policy with mean and max only (not ours).
     (('sum', 'count'), 2, 'running (period means)'),
     # A policy with neither max nor sum (say Ceilometer's).
     (('sum', 'count', 'max'), 3, 'running (period means)'),
