@@ -35,8 +35,10 @@ from tests.functional.helpers import rabbitmq
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLOUD_INIT = os.path.join(ROOT, 'etc', 'cloud-init', 'scaphandre-share.yaml')
-PROJECT = ('8a3f0c1e-0000-4000-8000-00000000d3e0', 'demo-project')
-USER = ('5b2e9d4a-0000-4000-8000-00000000d3e1', 'demo-user')
+# A new project each run: Gnocchi (tools/gnocchi-stack) keeps what earlier
+# runs sent, and the tenant's view at the end is this run's.
+PROJECT = (uuidlib.uuid4().hex, 'demo-project')
+USER = (uuidlib.uuid4().hex, 'demo-user')
 # A static example value for [accounting] carbon_intensity (g CO2e/kWh),
 # said as such: an operator sets their grid's (doc/carbon.md).
 CARBON_INTENSITY = 250.0
@@ -199,7 +201,25 @@ def run(args, workdir, stack):
         table.print_row(row(started, agent, guest, meter, polling))
         time.sleep(args.refresh)
     print_summary(agent, guest, polling)
+    # No new samples while the tenant reads (the demo polls every second;
+    # a cloud every 5 or 10 minutes): one answer, one set of samples.
+    polling.stop(timeout=20)
+    time.sleep(3)     # the notification agent's last batch to Gnocchi
     print_tenant_view(gnocchi, guest)
+
+
+class Stopper:
+    """What the demo started that is not a process of its own (RabbitMQ,
+    the Gnocchi stack), stopped at the end like the rest."""
+
+    def __init__(self, name, stop):
+        self.name, self._stop = name, stop
+
+    def stop(self, timeout=20):
+        self._stop()
+
+    def __repr__(self):
+        return self.name
 
 
 class DemoGnocchi:
@@ -213,6 +233,10 @@ def start_gnocchi(workdir, stack):
     say('starting RabbitMQ and Gnocchi (PostgreSQL, gnocchi-api, '
         'gnocchi-metricd: tools/gnocchi-stack)')
     broker = rabbitmq.ensure_rabbitmq()
+    if broker.started:
+        stack.append(Stopper('RabbitMQ', rabbitmq.stop_rabbitmq))
+    if not gnocchi_helper.stack_running():
+        stack.append(Stopper('Gnocchi', gnocchi_helper.stop_stack))
     gnocchi = gnocchi_helper.start_stack()
     gnocchi.ceilometer_upgrade(workdir)
     for line in gnocchi.telemetry_setup().splitlines():
@@ -232,9 +256,15 @@ def print_tenant_view(gnocchi, guest):
     auth = ['--os-auth-type', 'gnocchi-noauth', '--os-user-id', USER[0],
             '--os-project-id', PROJECT[0], '--os-roles', 'member',
             '--os-endpoint', gnocchi.stack.endpoint]
+    # The usage table with its main columns (all of them: doc/cli.md).
+    columns = ['Name', 'Source', 'Energy (kWh)', 'Average (W)',
+               'Average over', 'Dynamic (kWh)', 'Idle (kWh)',
+               'Carbon (g CO2e)']
     for command in (['server', 'energy', 'show', guest.uuid],
-                    ['energy', 'usage']):
-        say('as the tenant: openstack %s' % ' '.join(command))
+                    ['energy', 'usage'] + [arg for column in columns
+                                           for arg in ('-c', column)]):
+        say('as the tenant: openstack %s' % ' '.join(
+            "'%s'" % arg if ' ' in arg else arg for arg in command))
         result = subprocess.run([openstack, *auth, *command],
                                 capture_output=True, text=True, timeout=120)
         print(result.stdout, end='', flush=True)

@@ -176,6 +176,18 @@ def start_stack():
     return Gnocchi(values['GNOCCHI_ENDPOINT'], values['GNOCCHI_CONF'])
 
 
+def stack_running():
+    """Whether tools/gnocchi-stack's API runs now."""
+    status = subprocess.run(['bash', STACK, 'status'], capture_output=True,
+                            text=True, timeout=60).stdout
+    return 'api: running' in status
+
+
+def stop_stack():
+    subprocess.run(['bash', STACK, 'stop'], capture_output=True,
+                   timeout=120, check=True)
+
+
 def ensure_gnocchi():
     """The stack, started if needed (root; PostgreSQL from Debian's
     packages and gnocchi in the virtualenv: tools/install-deps); skipped
