@@ -180,6 +180,17 @@ function scaph_unconfigure_nova {
 
 # Ceilometer --------------------------------------------------------------
 
+# Runs devstack/scaph_ceilometer_yaml.py (stdlib and PyYAML): the edits of
+# Ceilometer's polling.yaml, gnocchi_resources.yaml and pipeline.yaml
+# below, after their checks here. Its arguments: the file kind, add or
+# remove, our file, the target and (polling, gnocchi-resources)
+# Ceilometer's default that the edit starts from when the target does not
+# exist yet. An unchanged file is not rewritten.
+function _scaph_ceilometer_yaml {
+    "${PYTHON:-python3}" \
+        "$SCAPH_OPENSTACK_DIR/devstack/scaph_ceilometer_yaml.py" "$@"
+}
+
 # Adds (add) or removes (remove) the polling sources of
 # $SCAPH_OPENSTACK_POLLING_YAML in Ceilometer's polling.yaml, by source
 # name: applying it twice changes nothing, other sources are kept.
@@ -194,38 +205,8 @@ function _scaph_edit_polling {
     if [[ ! -f "$SCAPH_OPENSTACK_POLLING_YAML" ]]; then
         die $LINENO "$SCAPH_OPENSTACK_POLLING_YAML not found"
     fi
-    "${PYTHON:-python3}" - "$action" "$SCAPH_OPENSTACK_POLLING_YAML" \
-        "$target" "$base" <<'EOF'
-import copy
-import os
-import sys
-
-import yaml
-
-action, ours_path, target, base = sys.argv[1:]
-with open(ours_path) as f:
-    ours = (yaml.safe_load(f) or {}).get('sources') or []
-names = {source['name'] for source in ours}
-# No polling.yaml yet: start from Ceilometer's own default, not from
-# nothing, which would drop its meters.
-start = target if os.path.exists(target) else base
-doc = {}
-if os.path.exists(start):
-    with open(start) as f:
-        doc = yaml.safe_load(f) or {}
-new = copy.deepcopy(doc)
-sources = [s for s in new.get('sources') or [] if s.get('name') not in names]
-if action == 'add':
-    sources.extend(ours)
-new['sources'] = sources
-if new == doc and start == target:
-    sys.exit(0)          # nothing to change: leave the file as it is
-tmp = target + '.scaph-tmp'
-with open(tmp, 'w') as f:
-    f.write('---\n')
-    yaml.safe_dump(new, f, default_flow_style=False, sort_keys=False)
-os.replace(tmp, target)
-EOF
+    _scaph_ceilometer_yaml polling "$action" \
+        "$SCAPH_OPENSTACK_POLLING_YAML" "$target" "$base"
 }
 
 # Adds (add) or removes (remove) the entries of
@@ -233,8 +214,9 @@ EOF
 # our archive policies (by name; any "scaph-*" one is ours too, so that a
 # policy an older version of the file named is not left behind) and our
 # resource entries (an entry whose metrics are all meters of our file:
-# Ceilometer's own entries for the same resource types are kept). Previous copies of ours are taken out first,
-# so applying it twice changes nothing; every other entry and key is kept.
+# Ceilometer's own entries for the same resource types are kept). Previous
+# copies of ours are taken out first, so applying it twice changes nothing;
+# every other entry and key is kept.
 # Without the file (devstack's Ceilometer does not install one: the
 # publisher falls back to its package's copy), the merge starts from that
 # copy: a file with our entries alone would drop every Ceilometer meter.
@@ -253,56 +235,8 @@ function _scaph_edit_gnocchi_resources {
         die $LINENO "neither $target nor Ceilometer's default $base" \
             "exists (CEILOMETER_DIR): is Ceilometer installed?"
     fi
-    "${PYTHON:-python3}" - "$action" "$SCAPH_OPENSTACK_GNOCCHI_RESOURCES" \
-        "$target" "$base" <<'EOF'
-import copy
-import os
-import sys
-
-import yaml
-
-action, ours_path, target, base = sys.argv[1:]
-with open(ours_path) as f:
-    ours = yaml.safe_load(f) or {}
-our_resources = ours.get('resources') or []
-our_policies = ours.get('archive_policies') or []
-# The meters of our file; an entry whose metrics are all of them is ours
-# (Ceilometer's metrics may be a list or a mapping).
-meters = {m for r in our_resources for m in r.get('metrics') or ()}
-policy_names = {p['name'] for p in our_policies}
-
-
-def is_our_policy(policy):
-    name = str(policy.get('name'))
-    return name in policy_names or name.startswith('scaph-')
-
-
-def is_ours(resource):
-    names = set(resource.get('metrics') or ())
-    return bool(names) and names <= meters
-
-
-start = target if os.path.exists(target) else base
-with open(start) as f:
-    doc = yaml.safe_load(f) or {}
-new = copy.deepcopy(doc)
-policies = [p for p in new.get('archive_policies') or []
-            if not is_our_policy(p)]
-resources = [r for r in new.get('resources') or [] if not is_ours(r)]
-if action == 'add':
-    policies.extend(our_policies)
-    resources.extend(our_resources)
-if policies or 'archive_policies' in new:
-    new['archive_policies'] = policies
-new['resources'] = resources
-if new == doc and start == target:
-    sys.exit(0)          # nothing to change: leave the file as it is
-tmp = target + '.scaph-tmp'
-with open(tmp, 'w') as f:
-    f.write('---\n')
-    yaml.safe_dump(new, f, default_flow_style=False, sort_keys=False)
-os.replace(tmp, target)
-EOF
+    _scaph_ceilometer_yaml gnocchi-resources "$action" \
+        "$SCAPH_OPENSTACK_GNOCCHI_RESOURCES" "$target" "$base"
 }
 
 # Devstack's Ceilometer publishes every meter with
@@ -327,102 +261,8 @@ function _scaph_edit_pipeline {
     if [[ ! -f "$SCAPH_OPENSTACK_GNOCCHI_RESOURCES" ]]; then
         die $LINENO "$SCAPH_OPENSTACK_GNOCCHI_RESOURCES not found"
     fi
-    "${PYTHON:-python3}" - "$action" "$SCAPH_OPENSTACK_GNOCCHI_RESOURCES" \
-        "$target" <<'EOF'
-import copy
-import fnmatch
-import os
-import sys
-import urllib.parse
-
-import yaml
-
-SOURCE, SINK = 'scaph_meters', 'scaph_sink'
-action, ours_path, target = sys.argv[1:]
-with open(ours_path) as f:
-    ours = yaml.safe_load(f) or {}
-meters = sorted({m for r in ours.get('resources') or []
-                 for m in r.get('metrics') or ()})
-excludes = ['!' + m for m in meters]
-
-
-def supported(entries, meter):
-    # ceilometer.agent.Source.is_supported
-    if any(fnmatch.fnmatch(meter, e[1:]) for e in entries if e[0] == '!'):
-        return False
-    if any(fnmatch.fnmatch(meter, e) for e in entries if e[0] != '!'):
-        return True
-    return all(e.startswith('!') for e in entries)
-
-
-def split_policy(url):
-    """(url without archive_policy, whether it had one) of a gnocchi://."""
-    base, _, query = url.partition('?')
-    if not base.startswith('gnocchi:'):
-        return url, False
-    pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
-    kept = [(k, v) for k, v in pairs if k != 'archive_policy']
-    if len(kept) == len(pairs):
-        return url, False
-    # (urlunsplit would write "gnocchi:?...": no host, no "//")
-    return base + ('?' + urllib.parse.urlencode(kept) if kept else ''), True
-
-
-with open(target) as f:
-    doc = yaml.safe_load(f) or {}
-new = copy.deepcopy(doc)
-# Ours out first: our source and sink, our exclusions.
-sources = [s for s in new.get('sources') or [] if s.get('name') != SOURCE]
-sinks = [s for s in new.get('sinks') or [] if s.get('name') != SINK]
-for source in sources:
-    if source.get('meters'):
-        source['meters'] = [m for m in source['meters']
-                            if m not in excludes]
-if action == 'add':
-    reached = {}                  # source name -> our meters it matches
-    for source in sources:
-        matched = [m for m in meters
-                   if supported(source.get('meters') or [], m)]
-        if matched:
-            reached[source['name']] = matched
-    sink_names = [n for s in sources if s['name'] in reached
-                  for n in s.get('sinks') or []]
-    publishers, overridden = [], False
-    for sink in sinks:
-        if sink.get('name') not in sink_names:
-            continue
-        for url in sink.get('publishers') or []:
-            url, had = split_policy(url)
-            overridden = overridden or had
-            if url not in publishers:
-                publishers.append(url)
-    separable = all(
-        '*' in s['meters'] or any(m.startswith('!') for m in s['meters'])
-        for s in sources if s['name'] in reached)
-    if overridden and not separable:
-        sys.stderr.write(
-            'scaph-openstack: %s: a source lists our meters by name or '
-            'pattern; left as it is: their Gnocchi metrics take the '
-            "publisher's archive_policy\n" % target)
-    elif overridden:
-        for source in sources:
-            for meter in reached.get(source['name'], ()):
-                source['meters'].append('!' + meter)
-        ours_meters = [m for m in meters
-                       if any(m in v for v in reached.values())]
-        sources.append({'name': SOURCE, 'meters': ours_meters,
-                        'sinks': [SINK]})
-        sinks.append({'name': SINK, 'publishers': publishers})
-new['sources'] = sources
-new['sinks'] = sinks
-if new == doc:
-    sys.exit(0)          # nothing to change: leave the file as it is
-tmp = target + '.scaph-tmp'
-with open(tmp, 'w') as f:
-    f.write('---\n')
-    yaml.safe_dump(new, f, default_flow_style=False, sort_keys=False)
-os.replace(tmp, target)
-EOF
+    _scaph_ceilometer_yaml pipeline "$action" \
+        "$SCAPH_OPENSTACK_GNOCCHI_RESOURCES" "$target"
 }
 
 # The ceilometer plugin defines these; defaults for an unstack without it.
