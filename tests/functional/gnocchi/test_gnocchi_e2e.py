@@ -18,9 +18,9 @@ and polling has published its last snapshot:
 - per instance, Gnocchi's `last` of energy.instance, its two parts and
   carbon.instance are the ledger's counters; project, user, display name
   and energy_source on the resource are the instance's;
-- per project, Gnocchi's aggregates API (sum of `last`, grouped by
-  project_id) is the sum of the ledger's counters of that project's
-  instances;
+- through Gnocchi's aggregates API, per instance (grouped by id) the
+  same, and per project (sum of `last`, grouped by project_id) the sum of
+  the ledger's counters of that project's instances;
 - the sum of `rate:sum` over the periods is the increase between the
   first and the last published sample (doc/ceilometer.md: Gnocchi's rate
   is joules per period, not watts);
@@ -204,8 +204,21 @@ def test_energy_reaches_gnocchi(tmp_path, stack, guests, processes,  # noqa: F81
         assert set(resource['metrics']) >= set(INSTANCE_METERS) | {
             'power.instance'}
 
-    # 2. Per project, through the aggregates API: the sum of the ledger's
-    # counters of its instances.
+    # 2. Through the aggregates API, per instance (grouped by id: every
+    # counter, the ledger's) and per project (grouped by project_id: the
+    # sum of the ledger's counters of its instances).
+    result = admin.aggregates.fetch(
+        '(metric %s)' % ' '.join('(%s last)' % m for m in INSTANCE_METERS),
+        resource_type='instance', search={'in': {'id': sorted(uuids)}},
+        groupby=['id'], granularity=300)
+    per_instance = {}
+    for group in result:
+        (measures,) = group['measures']['measures'].values()
+        per_instance[group['group']['id']] = {
+            meter: measures[meter]['last'][-1][2] for meter in measures}
+    assert per_instance == {
+        g.uuid: {m: float(truth[g.uuid][m]) for m in INSTANCE_METERS}
+        for g in guests}
     result = admin.aggregates.fetch(
         '(aggregate sum (metric energy.instance last))',
         resource_type='instance', search={'in': {'id': sorted(uuids)}},
