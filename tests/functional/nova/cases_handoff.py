@@ -33,7 +33,6 @@ import time  # noqa: E402
 
 import fixtures  # noqa: E402
 
-from nova.compute import rpcapi as compute_rpcapi  # noqa: E402
 from nova import test  # noqa: E402
 from nova.tests.fixtures import libvirt as fakelibvirt  # noqa: E402
 from nova.tests.functional.libvirt import base  # noqa: E402
@@ -42,6 +41,7 @@ from scaph_openstack import handoff  # noqa: E402
 from scaph_openstack.nova import driver  # noqa: E402
 from scaph_openstack.share import layout  # noqa: E402
 from scaph_openstack.share import tree  # noqa: E402
+from tests.functional.nova import cases_servers  # noqa: E402
 from tests.functional.nova.cases_servers import SHARE_ON  # noqa: E402
 from tests.functional.nova.cases_servers import (  # noqa: E402
     ShareServersTestBase)
@@ -359,16 +359,7 @@ class OldLibvirtRefusalTest(HandoffTestBase):
 
     def setUp(self):
         super().setUp()
-        self.tried = []
-        check = compute_rpcapi.ComputeAPI.check_can_live_migrate_destination
-
-        def spy(rpcapi, ctxt, instance, destination, *args, **kwargs):
-            self.tried.append(destination)
-            return check(rpcapi, ctxt, instance, destination, *args,
-                         **kwargs)
-        self.useFixture(fixtures.MonkeyPatch(
-            'nova.compute.rpcapi.ComputeAPI.'
-            'check_can_live_migrate_destination', spy))
+        self.tried = cases_servers.spy_destination_checks(self)
 
     def test_refused_once_nothing_held(self):
         server = self._boot(SHARE_ON, host='src')

@@ -503,6 +503,22 @@ class MigrationTest(base.LibvirtMigrationMixin, ShareServersTestBase):
         self._confirm_resize(server)
 
 
+def spy_destination_checks(test):
+    """The destinations the conductor asks to check a live migration,
+    in order: a list that fills as ``test`` runs (the real check still
+    runs)."""
+    tried = []
+    check = compute_rpcapi.ComputeAPI.check_can_live_migrate_destination
+
+    def spy(rpcapi, ctxt, instance, destination, *args, **kwargs):
+        tried.append(destination)
+        return check(rpcapi, ctxt, instance, destination, *args, **kwargs)
+    test.useFixture(fixtures.MonkeyPatch(
+        'nova.compute.rpcapi.ComputeAPI.'
+        'check_can_live_migrate_destination', spy))
+    return tried
+
+
 class LiveMigrationRetryTest(ShareServersTestBase):
     """Three hosts a refused live migration could be sent to: how many
     does the conductor try?"""
@@ -512,17 +528,8 @@ class LiveMigrationRetryTest(ShareServersTestBase):
 
     def setUp(self):
         super().setUp()
-        self.tried = []
+        self.tried = spy_destination_checks(self)
         self.migrated = []
-        check = compute_rpcapi.ComputeAPI.check_can_live_migrate_destination
-
-        def spy(rpcapi, ctxt, instance, destination, *args, **kwargs):
-            self.tried.append(destination)
-            return check(rpcapi, ctxt, instance, destination, *args,
-                         **kwargs)
-        self.useFixture(fixtures.MonkeyPatch(
-            'nova.compute.rpcapi.ComputeAPI.'
-            'check_can_live_migrate_destination', spy))
         self.useFixture(fixtures.MonkeyPatch(
             'nova.tests.fixtures.libvirt.Domain.migrateToURI3',
             lambda *args: self.migrated.append(args)))
