@@ -42,6 +42,8 @@ import uuid
 
 from gnocchiclient import exceptions as gnocchi_exc
 
+from scaph_openstack.telemetry import gnocchi as telemetry
+
 RESOURCE_TYPE = 'instance'
 ENERGY = 'energy.instance'
 DYNAMIC = 'energy.instance.dynamic'
@@ -63,7 +65,9 @@ RUNNING_MEANS = 'running (period means)'  # mean of their period means
 WINDOW = 'window'                        # energy / Seconds
 # The archive policy scaph-openstack telemetry-setup creates; only used
 # when no server gives its own energy.instance metric's policy.
-DEFAULT_POLICY = 'scaph-energy'
+DEFAULT_POLICY = telemetry.ENERGY_POLICY
+# Gnocchi's durations ('0:05:00', '1 day, 0:00:00') in seconds.
+seconds = telemetry.seconds
 GROUPBY = ('id', 'display_name', 'project_id')
 SOURCE_ATTRIBUTE = 'energy_source'
 J_PER_KWH = 3.6e6
@@ -78,7 +82,6 @@ LOG = logging.getLogger(__name__)
 
 _RELATIVE = re.compile(r'^-\s*(\d+(?:\.\d+)?)\s*([smhdw])$')
 _UNITS = {'s': 1, 'm': 60, 'h': 3600, 'd': 86400, 'w': 7 * 86400}
-_DAYS = re.compile(r'^(\d+) days?(?:, (.*))?$')
 
 
 class UsageError(Exception):
@@ -105,23 +108,6 @@ def parse_time(text, now):
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
-
-
-def seconds(value):
-    """A Gnocchi duration ('0:05:00', '1 day, 0:00:00', '30 days,
-    0:00:00', 300.0) -> seconds."""
-    if isinstance(value, (int, float)):
-        return float(value)
-    text = str(value).strip()
-    days = 0
-    match = _DAYS.match(text)
-    if match:
-        days, text = int(match.group(1)), match.group(2) or '0:00:00'
-    if ':' not in text:
-        return days * 86400 + float(text)
-    hours, minutes, secs = text.split(':')
-    return days * 86400 + int(hours) * 3600 + int(minutes) * 60 + float(
-        secs)
 
 
 def whole(value):

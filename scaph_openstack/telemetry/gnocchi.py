@@ -14,6 +14,7 @@ policy an operator changed is reported, never overwritten.
 """
 
 import dataclasses
+import re
 
 from gnocchiclient import exceptions as gnocchi_exc
 
@@ -77,23 +78,30 @@ class Change:
     action: str     # 'created', 'present', 'differs (left as it is)'
 
 
-def _seconds(text):
-    """'1 day, 0:05:00' or '0:05:00' (Gnocchi's own form) -> seconds."""
+_DAYS = re.compile(r'^(\d+) days?(?:, (.*))?$')
+
+
+def seconds(value):
+    """A Gnocchi duration as its API gives it ('0:05:00', '1 day,
+    0:00:00', '30 days, 0:00:00', 300.0) -> seconds."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    text = str(value).strip()
     days = 0
-    if ',' in text:
-        day_part, text = text.split(',', 1)
-        days = int(day_part.split()[0])
-    elif 'day' in text:
-        return int(text.split()[0]) * 86400
-    h, m, s = (float(x) for x in text.strip().split(':'))
-    return days * 86400 + h * 3600 + m * 60 + s
+    match = _DAYS.match(text)
+    if match:
+        days, text = int(match.group(1)), match.group(2) or '0:00:00'
+    if ':' not in text:
+        return days * 86400 + float(text)
+    hours, minutes, secs = text.split(':')
+    return days * 86400 + int(hours) * 3600 + int(minutes) * 60 + float(
+        secs)
 
 
 def _shape(policy):
     """What ensure() compares: methods and (granularity, timespan) s."""
     return (sorted(policy['aggregation_methods']),
-            sorted((_seconds(str(d['granularity'])),
-                    _seconds(str(d['timespan'])))
+            sorted((seconds(d['granularity']), seconds(d['timespan']))
                    for d in policy['definition']))
 
 

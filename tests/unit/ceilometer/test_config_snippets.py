@@ -94,8 +94,8 @@ def test_archive_policies_are_telemetry_setups(conf, tmp_path):
                  for d in policy['definition']])
     shipped = load_yaml('gnocchi_resources.yaml')['archive_policies']
     created = [dict(p, definition=[
-        {'granularity': setup._seconds(d['granularity']),
-         'timespan': setup._seconds(d['timespan'])}
+        {'granularity': setup.seconds(d['granularity']),
+         'timespan': setup.seconds(d['timespan'])}
         for d in p['definition']]) for p in setup.ARCHIVE_POLICIES]
 
     def seconds(policy):
