@@ -1,5 +1,6 @@
-"""scaph-openstack: operator commands (status; attach/detach/proxmox-args
-for hosts without Nova; telemetry-setup for Gnocchi)."""
+"""scaph-openstack: operator commands (status; attach/detach and
+proxmox-share/proxmox-args/proxmox-hook for hosts without Nova;
+telemetry-setup for Gnocchi)."""
 
 import argparse
 import json
@@ -198,18 +199,112 @@ def cmd_detach(args, out=sys.stdout):
 
 
 def cmd_proxmox_args(args, out=sys.stdout):
+    """The 9p args: line alone (Proxmox VE before 8.4); proxmox-share
+    prints it too, with the hookscript."""
     from scaph_openstack import proxmox
     conf = _load_conf(args)
     try:
-        line = proxmox.args_line(args.vmid, conf.share.export_dir,
-                                 conf.share.tag)
+        line = proxmox.args_line(
+            args.vmid, conf.share.export_dir, conf.share.tag,
+            config_dir=os.path.join(conf.proxmox.pve_dir, 'qemu-server'))
     except ValueError as exc:
-        sys.stderr.write('scaph-openstack: %s\n' % exc)
-        return 2
+        return _fail(exc)
     out.write('# append to /etc/pve/qemu-server/%s.conf, then stop and '
               'start the VM:\n%s\n' % (args.vmid, line))
     out.write('# in the guest:\n%s\n' % proxmox.guest_mount_command(
         conf.share.tag))
+    return 0
+
+
+def _run_commands(commands, out):
+    """Run each qm/pvesh command in order; the first failure stops."""
+    import shlex
+    import shutil
+    import subprocess
+    for command in commands:
+        if shutil.which(command[0]) is None:
+            return _fail('%s not found: this is not a Proxmox VE node. Run '
+                         'the commands above on the node that holds the VM'
+                         % command[0])
+        out.write('+ %s\n' % shlex.join(command))
+        out.flush()
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            return _fail('%s failed (exit %s): %s' % (
+                shlex.join(command[:3]), result.returncode,
+                (result.stderr or result.stdout).strip()))
+    return 0
+
+
+def cmd_proxmox_share(args, out=sys.stdout):
+    """Print (with --apply: run) what VM ``args.vmid`` needs for its
+    share over the transport of its Proxmox generation."""
+    import shlex
+    from scaph_openstack import privsep
+    from scaph_openstack import proxmox
+    from scaph_openstack.privsep import mounts
+    conf = _load_conf(args)
+    transport = args.transport or conf.proxmox.transport
+    try:
+        plan = proxmox.plan(args.vmid, transport, conf.share.export_dir,
+                            conf.share.tag, conf.proxmox.pve_dir,
+                            conf.proxmox.node, args.node or (),
+                            conf.proxmox.hookscript)
+    except ValueError as exc:
+        return _fail(exc)
+    out.write('# VM %s, transport %s: share %s, guest tag %s\n'
+              % (plan.vmid, plan.transport, plan.share_dir, plan.tag))
+    for command in plan.commands:
+        out.write('%s\n' % shlex.join(command))
+    if not plan.commands:
+        out.write('# nothing to change\n')
+    out.write('# then stop and start the VM (not a reboot from inside)\n'
+              '# in the guest (or the cloud-init snippet, which finds the '
+              'tag):\n%s\n' % plan.guest_mount)
+    if not args.apply:
+        return 0
+    if transport == 'virtiofs':
+        # Proxmox refuses a directory mapping whose path does not exist.
+        try:
+            mounts.create_proxmox_share(plan.key)
+        except (privsep.Refused, OSError) as exc:
+            return _fail('cannot create the share of VM %s: %s'
+                         % (plan.vmid, exc))
+    return _run_commands(plan.commands, out)
+
+
+def cmd_proxmox_hook(args, out=sys.stdout):
+    """Proxmox's hookscript call (``<script> VMID PHASE``): in pre-start,
+    refuse a VM whose options name another VM's share, then create its
+    own. A non-zero exit in pre-start keeps the VM from starting, with
+    this message in the task log. Other phases: nothing."""
+    from scaph_openstack import privsep
+    from scaph_openstack import proxmox
+    from scaph_openstack.privsep import mounts
+    if args.phase != 'pre-start':
+        return 0
+    conf = _load_conf(args)
+    try:
+        path, text = proxmox.read_config(args.vmid, conf.proxmox.pve_dir)
+        key = proxmox.key_of_config(args.vmid, path, text)
+        problems = proxmox.foreign_shares(
+            proxmox.config_options(text), key, conf.share.export_dir,
+            proxmox.read_directory_mappings(conf.proxmox.pve_dir),
+            proxmox.node_name(conf.proxmox.node))
+    except ValueError as exc:
+        return _fail('VM %s not started: %s' % (args.vmid, exc), 1)
+    if problems:
+        return _fail('VM %s not started: %s. Was it cloned? Its guest would '
+                     'read another VM\'s energy. Run "scaph-openstack '
+                     'proxmox-share %s --apply" and remove the old option'
+                     % (args.vmid, '; '.join(problems), args.vmid), 1)
+    try:
+        mounts.create_proxmox_share(key)
+    except (privsep.Refused, OSError) as exc:
+        return _fail('VM %s not started: cannot create its share: %s'
+                     % (args.vmid, exc), 1)
+    out.write('scaph-openstack: share of VM %s ready (%s)\n'
+              % (args.vmid, key))
     return 0
 
 
@@ -280,10 +375,31 @@ def build_parser(argv=()):
         command.add_argument('--config-file')
         command.set_defaults(func=func)
     pve = sub.add_parser('proxmox-args', help='the args: line exporting a '
-                                              'Proxmox VM share')
+                                              'Proxmox VM share over 9p')
     pve.add_argument('vmid')
     pve.add_argument('--config-file')
     pve.set_defaults(func=cmd_proxmox_args)
+    share = sub.add_parser(
+        'proxmox-share', help="what a Proxmox VM needs for its share "
+                              "(qm/pvesh commands); --apply runs them")
+    share.add_argument('vmid')
+    share.add_argument('--transport', choices=('virtiofs', '9p'),
+                       help='virtiofs (Proxmox VE 8.4+) or 9p (before); '
+                            'default: [proxmox] transport')
+    share.add_argument('--node', action='append',
+                       help='a node the directory mapping covers (again '
+                            'for each; default: this node)')
+    share.add_argument('--apply', action='store_true',
+                       help='create the share and run the commands')
+    share.add_argument('--config-file')
+    share.set_defaults(func=cmd_proxmox_share)
+    hook = sub.add_parser(
+        'proxmox-hook', help='the Proxmox hookscript (VMID PHASE): creates '
+                             'the share before the VM starts')
+    hook.add_argument('vmid')
+    hook.add_argument('phase')
+    hook.add_argument('--config-file')
+    hook.set_defaults(func=cmd_proxmox_hook)
     if 'telemetry-setup' in argv:
         # keystoneauth only for this one: the others run on compute nodes
         # without it being needed.

@@ -14,6 +14,7 @@ from scaph_openstack.conf import attribution
 from scaph_openstack.conf import energy
 from scaph_openstack.conf import libvirt
 from scaph_openstack.conf import prometheus
+from scaph_openstack.conf import proxmox
 from scaph_openstack.conf import qemu
 from scaph_openstack.conf import share
 from scaph_openstack.conf import simulated
@@ -21,8 +22,8 @@ from scaph_openstack.conf import snapshot
 
 CONF = cfg.CONF
 
-GROUP_MODULES = (agent, energy, simulated, libvirt, qemu, attribution,
-                 snapshot, share, prometheus, accounting)
+GROUP_MODULES = (agent, energy, simulated, libvirt, qemu, proxmox,
+                 attribution, snapshot, share, prometheus, accounting)
 
 
 def register_opts(conf=CONF):

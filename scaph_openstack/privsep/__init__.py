@@ -84,6 +84,15 @@ def start_if_root():
 
 # -- what callers may give ---------------------------------------------------
 
+def check_share_name(name):
+    """An instance UUID, or a Proxmox VM's key (scaph_openstack.proxmox:
+    ``proxmox-<VMID>-<uuid>``): the names a share directory may have."""
+    from scaph_openstack import proxmox
+    if proxmox.is_share_key(name) and name == name.lower():
+        return name
+    return check_uuid(name)
+
+
 def check_uuid(uuid):
     if not isinstance(uuid, str) or not UUID_RE.fullmatch(uuid):
         raise Refused('%r is not an instance UUID (8-4-4-4-12 lowercase '

@@ -199,7 +199,7 @@ def write_instance_share(work_dir, uuid, with_dram=False,
     Present files are kept: counters the agent wrote are never lowered.
     ``start`` (handoff.Counters) raises the counters to what the guest saw
     on the host it came from, before its domain runs here."""
-    privsep.check_uuid(uuid)
+    privsep.check_share_name(uuid)
     if not isinstance(with_dram, bool):
         raise privsep.Refused('with_dram must be true or false, not %r'
                               % (with_dram,))
@@ -274,6 +274,19 @@ def create_instance_share(uuid, with_dram=False):
     starts, whether or not the agent runs. Present files are kept."""
     privsep.check_uuid(uuid)
     write_instance_share(privsep.share_settings().work_dir, uuid, with_dram,
+                         privsep.require_tmpfs())
+
+
+@privsep.sys_admin.entrypoint
+def create_proxmox_share(key):
+    """For the Proxmox hookscript: VM ``key``'s initial tree (key of
+    scaph_openstack.proxmox.share_key), before QEMU or virtiofsd opens it.
+    Present files are kept."""
+    from scaph_openstack import proxmox
+    if not (proxmox.is_share_key(key) and key == key.lower()):
+        raise privsep.Refused('%r is not a Proxmox VM share key '
+                              '(proxmox-<VMID>-<uuid>)' % (key,))
+    write_instance_share(privsep.share_settings().work_dir, key, False,
                          privsep.require_tmpfs())
 
 

@@ -1,6 +1,7 @@
 """etc/cloud-init/scaphandre-share.yaml: valid cloud-config, one mount entry
 whose options both util-linux and busybox mount accept, and a bootcmd
-fallback that mounts exactly that entry.
+fallback that mounts that entry, or finds the share under another tag
+(Proxmox VE).
 
 The end-to-end guest test reads the same entry (mounts[0]: tag, mount
 point, fstype, options) and mounts it in a real guest.
@@ -62,40 +63,109 @@ def test_mount_entry_shape():
     assert set(opts) <= MOUNT_FLAGS | {'nofail'}
 
 
-def _run_bootcmd(tmp_path, shell, mounted=False, mount_rc=0):
-    """Runs bootcmd's script with mkdir, mountpoint and mount replaced by
-    shell functions (busybox sh prefers its own applets to PATH, so only
-    functions reliably stand in for them); returns mount's arguments."""
-    log = tmp_path / 'mount.args'
+def _run_bootcmd(tmp_path, shell=('sh',), mounted=False, shares=(),
+                 sysfs=None):
+    """Runs bootcmd's script with mount, umount and grep (of
+    /proc/mounts) replaced by shell functions (busybox sh prefers its own
+    applets to PATH, so only functions reliably stand in for them), the
+    mount point in ``tmp_path`` and SCAPH_SYS a fake sysfs of ``sysfs``
+    ({relative path: bytes}). ``shares`` are (fstype, tag, is_energy):
+    the mounts that succeed, and whether they hold energy_uj. Returns
+    (mount calls as argument lists, umount count, stdout)."""
+    calls, umounts = tmp_path / 'mount.calls', tmp_path / 'umount.calls'
+    mnt = tmp_path / 'mnt'
+    sys_dir = tmp_path / 'sys'
+    for rel, data in (sysfs or {}).items():
+        (sys_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (sys_dir / rel).write_bytes(data)
     (command,) = load()['bootcmd']
     assert command[:2] == ['sh', '-c']
-    script, argv0, args = command[2], command[3], command[4:]
-    fakes = ('mkdir() { :; }\n'
-             'mountpoint() { return %d; }\n'
-             'mount() { printf "%%s\\n" "$@" > %s; return %d; }\n'
-             % (0 if mounted else 1, log, mount_rc))
-    subprocess.run(shell + ['-c', fakes + script, argv0] + args,
-                   check=True, timeout=30)
-    return log.read_text().splitlines() if log.exists() else None
+    script, argv0, (tag, _, fstype, options) = (command[2], command[3],
+                                                 command[4:])
+    cases = ''.join(
+        '    "%s %s") %s ;;\n' % (fs, t, 'mkdir -p "$6/intel-rapl:0" && '
+                                  ': > "$6/intel-rapl:0/energy_uj"'
+                                  if energy else ':')
+        for fs, t, energy in shares)
+    fakes = ('grep() { return %d; }\n'
+             'umount() { echo x >> %s; rm -rf "$1/intel-rapl:0"; }\n'
+             'mount() {\n'
+             '  printf "%%s|" "$@" >> %s; echo >> %s\n'
+             '  case "$2 $5" in\n%s    *) return 32 ;;\n  esac\n}\n'
+             % (0 if mounted else 1, umounts, calls, calls, cases))
+    result = subprocess.run(
+        list(shell) + ['-c', fakes + script, argv0, tag, str(mnt), fstype,
+                       options],
+        env=dict(os.environ, SCAPH_SYS=str(sys_dir)), capture_output=True,
+        text=True, check=True, timeout=30)
+    mount_calls = [line.rstrip('|').split('|') for line in
+                   calls.read_text().splitlines()] if calls.exists() else []
+    count = len(umounts.read_text().split()) if umounts.exists() else 0
+    return mount_calls, count, result.stdout
 
 
 @pytest.mark.parametrize('shell', [['sh'], ['busybox', 'sh']],
                          ids=['sh', 'busybox-sh'])
-def test_bootcmd_mounts_the_same_entry(tmp_path, shell):
+def test_bootcmd_mounts_the_same_entry_first(tmp_path, shell):
+    """OpenStack and libvirt hosts: the fstab entry's tag, one mount."""
     if shutil.which(shell[0]) is None:
         pytest.skip('%s is not installed' % shell[0])
-    tag, mountpoint, fstype, options = mount_entry()[:4]
-    assert _run_bootcmd(tmp_path, shell) == [
-        '-t', fstype, '-o', options, tag, mountpoint]
+    tag, _, fstype, options = mount_entry()[:4]
+    calls, umounts, out = _run_bootcmd(tmp_path, shell,
+                                       shares=[(fstype, tag, True)])
+    assert calls == [['-t', fstype, '-o', options, tag,
+                      str(tmp_path / 'mnt')]]
+    assert umounts == 0
+    assert 'virtiofs share scaphandre mounted' in out
 
 
 def test_bootcmd_leaves_a_mounted_share_alone(tmp_path):
-    assert _run_bootcmd(tmp_path, ['sh'], mounted=True) is None
+    assert _run_bootcmd(tmp_path, mounted=True,
+                        shares=[('virtiofs', 'scaphandre', True)])[0] == []
+
+
+@pytest.mark.parametrize('shell', [['sh'], ['busybox', 'sh']],
+                         ids=['sh', 'busybox-sh'])
+def test_bootcmd_finds_the_proxmox_mapping_from_the_smbios_uuid(tmp_path,
+                                                                shell):
+    """Proxmox VE 8.4+: the tag is the mapping id proxmox-share made, which
+    a kernel before 6.10 does not list: computed from product_uuid."""
+    from scaph_openstack import proxmox
+    uuid = '0a5b2c3d-1111-4222-8333-444455556666'
+    dirid = proxmox.mapping_id(proxmox.share_key('105', uuid))
+    assert dirid == 'scaph-0a5b2c3d1111422283334444555566'  # 30 hex digits
+    calls, umounts, out = _run_bootcmd(
+        tmp_path, shell, shares=[('virtiofs', dirid, True)],
+        sysfs={'class/dmi/id/product_uuid': (uuid + '\n').encode()})
+    assert [c[-2] for c in calls] == ['scaphandre', dirid]
+    assert calls[-1][:4] == ['-t', 'virtiofs', '-o', mount_entry()[3]]
+    assert 'virtiofs share %s mounted' % dirid in out
+
+
+def test_bootcmd_tries_the_tags_the_kernel_lists(tmp_path):
+    """Any other tag: the virtiofs tags of Linux 6.10+ (a share without
+    energy_uj is unmounted again), then 9p tags (sysfs ends them with a
+    NUL byte), over 9p's transport options."""
+    calls, umounts, out = _run_bootcmd(
+        tmp_path, shares=[('virtiofs', 'data', False),
+                          ('9p', 'energy', True)],
+        sysfs={'fs/virtiofs/0/tag': b'data\n',
+               'bus/virtio/drivers/9pnet_virtio/virtio1/mount_tag':
+                   b'energy\0'})
+    assert [(c[1], c[-2]) for c in calls] == [
+        ('virtiofs', 'scaphandre'), ('virtiofs', 'data'), ('9p', 'energy')]
+    assert calls[-1][3] == mount_entry()[3] + \
+        ',trans=virtio,version=9p2000.L'
+    assert umounts == 1
+    assert '9p share energy mounted' in out
 
 
 def test_bootcmd_never_fails_the_boot(tmp_path):
-    """No share on this instance (mount fails): bootcmd still exits 0."""
-    assert _run_bootcmd(tmp_path, ['sh'], mount_rc=32) is not None
+    """No share on this instance: every mount fails, bootcmd exits 0."""
+    calls, umounts, out = _run_bootcmd(tmp_path)
+    assert [(c[1], c[-2]) for c in calls] == [
+        ('virtiofs', 'scaphandre'), ('9p', 'scaphandre')]
+    assert 'no energy share' in out
 
 
 @pytest.mark.parametrize('mount', [['mount'], ['busybox', 'mount']],

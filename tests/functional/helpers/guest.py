@@ -405,7 +405,153 @@ def _cleanup_at_exit():
             pass
 
 
-class Guest:
+class SerialConsole:
+    """The ``SCAPH-`` markers of a test guest's serial log file
+    (``self.serial_log``), for Guest (libvirt) and the Proxmox-style QEMU
+    of helpers/proxmox.py; subclasses give ``name`` and ``is_active()``
+    (True, False, or None when unknown)."""
+
+    name = None
+    serial_log = None
+
+    def is_active(self):
+        raise NotImplementedError
+
+    def serial(self):
+        """The serial log so far, as text (CRs dropped)."""
+        if not self.serial_log:
+            return ''
+        try:
+            with open(self.serial_log, 'rb') as f:
+                data = f.read()
+        except FileNotFoundError:
+            return ''
+        return data.decode('utf-8', 'replace').replace('\r', '')
+
+    def lines(self):
+        return self.serial().split('\n')
+
+    def markers(self, kind=None):
+        """(kind, rest) of every SCAPH- marker, optionally of one kind."""
+        out = []
+        for line in self.lines():
+            i = line.find('SCAPH-')
+            if i < 0:
+                continue
+            m = _MARKER_RE.match(line[i:])
+            if m and (kind is None or m.group(1) == kind):
+                out.append((m.group(1), m.group(2) or ''))
+        return out
+
+    def tail(self, n=40):
+        return '\n'.join(self.lines()[-n:])
+
+    def wait_for(self, regex, timeout=120, start_line=0):
+        """Wait until a serial log line from ``start_line`` on matches
+        ``regex`` (re.search); returns the match. Raises TimeoutError with
+        the end of the log, or GuestError if the domain stopped."""
+        pattern = re.compile(regex) if isinstance(regex, str) else regex
+        deadline = time.monotonic() + timeout
+        next_check = 0
+        while True:
+            lines = self.lines()
+            for line in lines[start_line:]:
+                m = pattern.search(line)
+                if m:
+                    return m
+            now = time.monotonic()
+            if now > deadline:
+                raise TimeoutError(
+                    'guest %s: no line matching %r within %ss; serial log '
+                    'ends with:\n%s' % (self.name, pattern.pattern, timeout,
+                                        self.tail()))
+            if now >= next_check:
+                next_check = now + 2
+                if self.is_active() is False:
+                    raise GuestError(
+                        'guest %s stopped before a line matched %r; serial '
+                        'log ends with:\n%s' % (self.name, pattern.pattern,
+                                                self.tail()))
+            time.sleep(0.2)
+
+    def line_count(self):
+        """Number of lines so far: pass as start_line to wait for new ones."""
+        return len(self.lines())
+
+    def wait_booted(self, timeout=120):
+        """Wait for SCAPH-MOUNT (ok, fail or none); returns its rest."""
+        return self.wait_for(r'SCAPH-MOUNT (.*)$', timeout).group(1)
+
+    def reads(self):
+        """Every SCAPH-READ so far, in order, as Read objects."""
+        out = []
+        for i, line in enumerate(self.lines()):
+            r = parse_read(line, i)
+            if r is not None:
+                out.append(r)
+        return out
+
+    def wait_for_read(self, predicate, timeout=60, start_line=0):
+        """Wait for a SCAPH-READ from ``start_line`` on for which
+        ``predicate(read)`` is true; returns that Read."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for r in self.reads():
+                if r.line_no >= start_line and predicate(r):
+                    return r
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    'guest %s: no matching SCAPH-READ within %ss; serial log '
+                    'ends with:\n%s' % (self.name, timeout, self.tail()))
+            if self.is_active() is False:
+                raise GuestError('guest %s stopped; serial log ends with:\n%s'
+                                 % (self.name, self.tail()))
+            time.sleep(0.3)
+
+    def wait_for_value(self, path, value, timeout=60, start_line=0):
+        """Wait until the guest reads ``value`` (str or int) at ``path``."""
+        value = str(value)
+        return self.wait_for_read(lambda r: r.values.get(path) == value,
+                                  timeout, start_line)
+
+    def probes(self):
+        """{probe name: exit code} of the SCAPH-PROBE lines so far."""
+        out = {}
+        for line in self.lines():
+            m = _PROBE_RE.search(line)
+            if m:
+                out[m.group(1)] = int(m.group(2))
+        return out
+
+    def wait_probes(self, timeout=120):
+        """Wait for SCAPH-PROBES done; returns probes()."""
+        self.wait_for(r'SCAPH-PROBES done', timeout)
+        return self.probes()
+
+    def walks(self):
+        """{what: seen} of the SCAPH-WALK lines (probes walking out)."""
+        out = {}
+        for line in self.lines():
+            m = _WALK_RE.search(line)
+            if m:
+                out[m.group(1)] = m.group(2)
+        return out
+
+    def listings(self):
+        """The SCAPH-LS lines, each as a list of entries."""
+        return [rest.split() for _, rest in self.markers('LS')]
+
+    def json_lines(self):
+        """(file name, content) of every SCAPH-JSON line so far."""
+        out = []
+        for line in self.lines():
+            m = _JSON_RE.search(line)
+            if m:
+                out.append((m.group(1), m.group(2)))
+        return out
+
+
+class Guest(SerialConsole):
     """A running test guest; use as a context manager.
 
     ``with Guest(share_dir=d, cmdline_params={'tag': 'scaphandre'}) as g:``
@@ -583,142 +729,6 @@ class Guest:
             if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 return False
             return None
-
-    # -- serial log ----------------------------------------------------------
-
-    def serial(self):
-        """The serial log so far, as text (CRs dropped)."""
-        if not self.serial_log:
-            return ''
-        try:
-            with open(self.serial_log, 'rb') as f:
-                data = f.read()
-        except FileNotFoundError:
-            return ''
-        return data.decode('utf-8', 'replace').replace('\r', '')
-
-    def lines(self):
-        return self.serial().split('\n')
-
-    def markers(self, kind=None):
-        """(kind, rest) of every SCAPH- marker, optionally of one kind."""
-        out = []
-        for line in self.lines():
-            i = line.find('SCAPH-')
-            if i < 0:
-                continue
-            m = _MARKER_RE.match(line[i:])
-            if m and (kind is None or m.group(1) == kind):
-                out.append((m.group(1), m.group(2) or ''))
-        return out
-
-    def tail(self, n=40):
-        return '\n'.join(self.lines()[-n:])
-
-    def wait_for(self, regex, timeout=120, start_line=0):
-        """Wait until a serial log line from ``start_line`` on matches
-        ``regex`` (re.search); returns the match. Raises TimeoutError with
-        the end of the log, or GuestError if the domain stopped."""
-        pattern = re.compile(regex) if isinstance(regex, str) else regex
-        deadline = time.monotonic() + timeout
-        next_check = 0
-        while True:
-            lines = self.lines()
-            for line in lines[start_line:]:
-                m = pattern.search(line)
-                if m:
-                    return m
-            now = time.monotonic()
-            if now > deadline:
-                raise TimeoutError(
-                    'guest %s: no line matching %r within %ss; serial log '
-                    'ends with:\n%s' % (self.name, pattern.pattern, timeout,
-                                        self.tail()))
-            if now >= next_check:
-                next_check = now + 2
-                if self.is_active() is False:
-                    raise GuestError(
-                        'guest %s stopped before a line matched %r; serial '
-                        'log ends with:\n%s' % (self.name, pattern.pattern,
-                                                self.tail()))
-            time.sleep(0.2)
-
-    def line_count(self):
-        """Number of lines so far: pass as start_line to wait for new ones."""
-        return len(self.lines())
-
-    def wait_booted(self, timeout=120):
-        """Wait for SCAPH-MOUNT (ok, fail or none); returns its rest."""
-        return self.wait_for(r'SCAPH-MOUNT (.*)$', timeout).group(1)
-
-    def reads(self):
-        """Every SCAPH-READ so far, in order, as Read objects."""
-        out = []
-        for i, line in enumerate(self.lines()):
-            r = parse_read(line, i)
-            if r is not None:
-                out.append(r)
-        return out
-
-    def wait_for_read(self, predicate, timeout=60, start_line=0):
-        """Wait for a SCAPH-READ from ``start_line`` on for which
-        ``predicate(read)`` is true; returns that Read."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for r in self.reads():
-                if r.line_no >= start_line and predicate(r):
-                    return r
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    'guest %s: no matching SCAPH-READ within %ss; serial log '
-                    'ends with:\n%s' % (self.name, timeout, self.tail()))
-            if self.is_active() is False:
-                raise GuestError('guest %s stopped; serial log ends with:\n%s'
-                                 % (self.name, self.tail()))
-            time.sleep(0.3)
-
-    def wait_for_value(self, path, value, timeout=60, start_line=0):
-        """Wait until the guest reads ``value`` (str or int) at ``path``."""
-        value = str(value)
-        return self.wait_for_read(lambda r: r.values.get(path) == value,
-                                  timeout, start_line)
-
-    def probes(self):
-        """{probe name: exit code} of the SCAPH-PROBE lines so far."""
-        out = {}
-        for line in self.lines():
-            m = _PROBE_RE.search(line)
-            if m:
-                out[m.group(1)] = int(m.group(2))
-        return out
-
-    def wait_probes(self, timeout=120):
-        """Wait for SCAPH-PROBES done; returns probes()."""
-        self.wait_for(r'SCAPH-PROBES done', timeout)
-        return self.probes()
-
-    def walks(self):
-        """{what: seen} of the SCAPH-WALK lines (probes walking out)."""
-        out = {}
-        for line in self.lines():
-            m = _WALK_RE.search(line)
-            if m:
-                out[m.group(1)] = m.group(2)
-        return out
-
-    def listings(self):
-        """The SCAPH-LS lines, each as a list of entries."""
-        return [rest.split() for _, rest in self.markers('LS')]
-
-    def json_lines(self):
-        """(file name, content) of every SCAPH-JSON line so far."""
-        out = []
-        for line in self.lines():
-            m = _JSON_RE.search(line)
-            if m:
-                out.append((m.group(1), m.group(2)))
-        return out
-
 
 def write_atomic(path, content):
     """Write ``content`` (str or bytes) to ``path`` through a temporary
