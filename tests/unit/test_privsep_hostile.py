@@ -225,6 +225,7 @@ def test_entry_points_take_no_path_and_no_size():
         return list(inspect.signature(func).parameters)
     assert parameters(mounts.ensure_share_mounts) == []
     assert parameters(mounts.create_instance_share) == ['uuid', 'with_dram']
+    assert parameters(mounts.create_proxmox_share) == ['key']
     assert parameters(rapl.read_energy_uj) == ['zone']
     assert parameters(mounts.hold_counters) == ['uuid', 'token', 'expires']
     assert parameters(mounts.held_counters) == ['uuid', 'token']
@@ -282,6 +283,34 @@ def test_hostile_with_dram(share, tmp_path, with_dram):
     with pytest.raises(privsep.Refused):
         mounts.create_instance_share(UUID, with_dram)
     assert tree_state(tmp_path) == before
+
+
+PROXMOX_KEY = 'proxmox-105-' + UUID
+HOSTILE_KEYS = HOSTILE_UUIDS + [
+    UUID, PROXMOX_KEY.upper(), 'proxmox-105-' + UUID.upper(),
+    'proxmox--' + UUID, 'proxmox-1a-' + UUID, 'proxmox-105-../' + UUID,
+    'proxmox-12345678901-' + UUID, PROXMOX_KEY + '/..', PROXMOX_KEY + '\n']
+
+
+@pytest.mark.parametrize('key', HOSTILE_KEYS, ids=[repr(k) for k in
+                                                   HOSTILE_KEYS])
+def test_hostile_proxmox_keys_touch_nothing(share, tmp_path, key):
+    """The hookscript's entry point takes a Proxmox key alone: not an
+    instance uuid (Nova's entry point), nothing path-like."""
+    before = tree_state(tmp_path)
+    with pytest.raises(privsep.Refused, match='not a Proxmox VM share key'):
+        mounts.create_proxmox_share(key)
+    assert tree_state(tmp_path) == before
+
+
+def test_proxmox_share_is_made_and_kept(share):
+    mounts.create_proxmox_share(PROXMOX_KEY)
+    counter = share / PROXMOX_KEY / 'intel-rapl:0' / 'energy_uj'
+    assert counter.read_text() == '0\n'
+    os.chmod(counter, 0o644)
+    counter.write_text('5\n')
+    mounts.create_proxmox_share(PROXMOX_KEY)     # a second start
+    assert counter.read_text() == '5\n'
 
 
 def test_instance_share_is_made_read_only(share):

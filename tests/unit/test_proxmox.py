@@ -92,3 +92,142 @@ def test_vm_share_key(tmp_path):
         'proxmox-105-' + UUID
     with pytest.raises(ValueError):
         proxmox.share_key('105', 'not-a-uuid')
+
+
+# -- both transports: proxmox.plan() ----------------------------------------
+
+MAPPINGS = """other
+\tmap node=pve1,path=/srv/data
+\tmap node=pve2,path=/srv/data2
+
+scaph-0a5b2c3d1111422283334444555566
+\tmap node=pve2,path=/e/proxmox-105-%s
+""" % UUID
+
+
+def pve_dir(tmp_path, config=CONFIG, mappings=None):
+    (tmp_path / 'qemu-server').mkdir(exist_ok=True)
+    (tmp_path / 'qemu-server' / '105.conf').write_text(config)
+    if mappings is not None:
+        (tmp_path / 'mapping').mkdir(exist_ok=True)
+        (tmp_path / 'mapping' / 'directory.cfg').write_text(mappings)
+    return str(tmp_path)
+
+
+def test_directory_mappings_are_read_per_node():
+    mappings = proxmox.parse_directory_mappings(MAPPINGS)
+    assert mappings['other'] == {'pve1': '/srv/data', 'pve2': '/srv/data2'}
+    assert list(mappings) == ['other', 'scaph-0a5b2c3d1111422283334444555566']
+
+
+def test_mapping_id_is_a_virtiofs_tag_the_guest_can_compute():
+    key = proxmox.share_key('105', UUID)
+    dirid = proxmox.mapping_id(key)
+    assert dirid == 'scaph-' + UUID.replace('-', '')[:30]
+    assert len(dirid.encode()) == proxmox.VIRTIOFS_TAG_MAX
+    assert proxmox._CONFIGID.fullmatch(dirid)
+    with pytest.raises(ValueError):
+        proxmox.mapping_id(UUID)
+
+
+def test_virtiofs_plan_creates_the_mapping_and_the_option(tmp_path):
+    plan = proxmox.plan('105', 'virtiofs', '/e', pve_dir=pve_dir(tmp_path),
+                        node='pve1', hookscript='local:snippets/h')
+    dirid = 'scaph-' + UUID.replace('-', '')[:30]
+    assert plan.tag == dirid and plan.share_dir == '/e/proxmox-105-' + UUID
+    assert plan.commands == [
+        ['pvesh', 'create', '/cluster/mapping/dir', '--id', dirid,
+         '--description', 'scaph-openstack energy share of VM 105',
+         '--map', 'node=pve1,path=/e/proxmox-105-' + UUID],
+        ['qm', 'set', '105', '--virtiofs0', dirid],
+        ['qm', 'set', '105', '--hookscript', 'local:snippets/h']]
+    assert plan.guest_mount.endswith('mount -t virtiofs -o ro %s '
+                                     '/var/scaphandre' % dirid)
+
+
+def test_virtiofs_plan_adds_a_node_and_reuses_a_cloned_slot(tmp_path):
+    """The mapping exists for pve2 only: set, keeping pve2. virtiofs0
+    names another VM's share mapping (copied by a clone): replaced;
+    virtiofs1 (the operator's own share) is left."""
+    config = CONFIG.replace('name: web\n', 'name: web\nvirtiofs0: scaph-'
+                            'ffff,cache=never\nvirtiofs1: other\n'
+                            'hookscript: local:snippets/h\n')
+    plan = proxmox.plan('105', 'virtiofs', '/e', pve_dir=pve_dir(
+        tmp_path, config, MAPPINGS), node='pve1',
+        hookscript='local:snippets/h')
+    dirid = 'scaph-' + UUID.replace('-', '')[:30]
+    path = '/e/proxmox-105-' + UUID
+    assert plan.commands == [
+        ['pvesh', 'set', '/cluster/mapping/dir/' + dirid,
+         '--map', 'node=pve1,path=' + path, '--map', 'node=pve2,path=' + path],
+        ['qm', 'set', '105', '--virtiofs0', dirid]]
+
+
+def test_nothing_to_change_once_applied(tmp_path):
+    dirid = 'scaph-' + UUID.replace('-', '')[:30]
+    config = CONFIG.replace('name: web\n', 'name: web\nvirtiofs2: %s\n'
+                            'hookscript: local:snippets/h\n' % dirid)
+    mappings = '%s\n\tmap node=pve1,path=/e/proxmox-105-%s\n' % (dirid, UUID)
+    assert proxmox.plan('105', 'virtiofs', '/e', pve_dir=pve_dir(
+        tmp_path, config, mappings), node='pve1',
+        hookscript='local:snippets/h').commands == []
+
+
+def test_9p_plan_merges_into_an_existing_args_line(tmp_path):
+    """Other options of args: stay; a previous share export (an older
+    export_dir, or a clone's) is replaced, not doubled."""
+    old = proxmox.args_options('/old/proxmox-9-' + UUID)
+    config = CONFIG.replace('name: web\n', 'name: web\nargs: -no-reboot %s '
+                            "-smbios 'type=0,vendor=a b'\n" % ' '.join(old))
+    plan = proxmox.plan('105', '9p', '/e', pve_dir=pve_dir(tmp_path, config))
+    ((qm, verb, vmid, flag, value),) = plan.commands
+    words = shlex.split(value)
+    assert words[:4] == ['-no-reboot', '-smbios', 'type=0,vendor=a b',
+                         '-fsdev']
+    assert words[4].endswith('path=/e/proxmox-105-' + UUID)
+    assert value.count('-fsdev') == 1 and '/old/' not in value
+    assert plan.guest_mount.startswith('mkdir -p /var/scaphandre && mount '
+                                       '-t 9p')
+
+
+def test_another_hookscript_is_not_replaced(tmp_path):
+    config = CONFIG.replace('name: web\n', 'name: web\nhookscript: '
+                            'local:snippets/theirs.pl\n')
+    with pytest.raises(proxmox.ProxmoxError, match='theirs.pl'):
+        proxmox.plan('105', '9p', '/e', pve_dir=pve_dir(tmp_path, config),
+                     hookscript='local:snippets/h')
+
+
+def test_unknown_transport_and_unsafe_mapping_paths(tmp_path):
+    with pytest.raises(proxmox.ProxmoxError, match='transport'):
+        proxmox.plan('105', 'nfs', '/e', pve_dir=pve_dir(tmp_path))
+    with pytest.raises(proxmox.ProxmoxError, match='directory mapping'):
+        proxmox.plan('105', 'virtiofs', '/e=x', pve_dir=pve_dir(tmp_path),
+                     node='pve1')
+
+
+@pytest.mark.parametrize('options,problem', [
+    ({}, None),
+    ({'args': '-fsdev local,id=fsdev-scaph,path=/e/proxmox-105-%s' % UUID},
+     None),
+    ({'args': '-fsdev local,id=fsdev-scaph,path=/e/proxmox-104-%s' % UUID},
+     'args: line exports /e/proxmox-104-'),
+    ({'args': '-fsdev local,id=x,path=/srv/data'}, None),
+    ({'virtiofs0': 'other'}, None),
+    ({'virtiofs3': 'scaph-0a5b2c3d1111422283334444555566,cache=auto'},
+     'virtiofs3: scaph-0a5b2c3d1111422283334444555566 names directory '
+     'mapping'),
+])
+def test_foreign_shares(options, problem):
+    """Options naming another VM's directory under export_dir (a clone's
+    copies) are reported; the VM's own, and other directories, are not."""
+    mappings = proxmox.parse_directory_mappings(
+        MAPPINGS.replace('pve2,path=/e/proxmox-105', 'pve1,path=/e/'
+                         'proxmox-104'))
+    problems = proxmox.foreign_shares(options, 'proxmox-105-' + UUID, '/e',
+                                      mappings, 'pve1')
+    if problem is None:
+        assert problems == []
+    else:
+        (found,) = problems
+        assert problem in found
