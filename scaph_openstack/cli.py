@@ -387,8 +387,8 @@ def build_parser(argv=()):
                        help='virtiofs (Proxmox VE 8.4+) or 9p (before); '
                             'default: [proxmox] transport')
     share.add_argument('--node', action='append',
-                       help='a node the directory mapping covers (again '
-                            'for each; default: this node)')
+                       help='another node the directory mapping covers '
+                            '(again for each; this node always is)')
     share.add_argument('--apply', action='store_true',
                        help='create the share and run the commands')
     share.add_argument('--config-file')

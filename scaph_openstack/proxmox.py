@@ -359,7 +359,7 @@ def _plan_virtiofs(vmid, options, key, path, mappings, nodes):
 def plan(vmid, transport, export_dir, tag=layout.DEFAULT_TAG, pve_dir=None,
          node=None, nodes=(), hookscript=None):
     """The SharePlan of VM ``vmid`` (its configuration in ``pve_dir``):
-    ``nodes`` the cluster nodes its mapping covers (default: this one),
+    ``nodes`` the other cluster nodes its mapping covers (this one always),
     ``hookscript`` the volume id the VM must call before it starts."""
     if transport not in TRANSPORTS:
         raise ProxmoxError('transport is one of %s, not %r'
@@ -375,8 +375,9 @@ def plan(vmid, transport, export_dir, tag=layout.DEFAULT_TAG, pve_dir=None,
         guest_mount = guest_mount_command(tag)
     else:
         mappings = read_directory_mappings(pve_dir)
+        covered = [node] + [n for n in nodes if n != node]
         tag, commands = _plan_virtiofs(vmid, options, key, path, mappings,
-                                       list(nodes) or [node])
+                                       covered)
         guest_mount = guest_mount_command(tag, fstype='virtiofs')
     current_hook = options.get('hookscript')
     if hookscript and current_hook != hookscript:

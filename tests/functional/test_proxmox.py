@@ -237,3 +237,46 @@ def test_hookscript_without_smbios_uuid_stops_the_start(pve_agent, tmp_path):
     with pytest.raises(pve.HookscriptError, match='not executable'):
         pve.run_hookscript(str(copy), '300', 'pre-start',
                            hook_env(node, agent), stop_on_error=True)
+
+
+def total_of(snap, key):
+    return [i['total_uj'] for i in snap.instances if i['uuid'] == key][0]
+
+
+def run_until_it_counts(node, agent, work, vmid, key):
+    """Start VM ``vmid`` (busy guest) and stop it once its total has grown
+    threefold; returns (its first published total, its share's last
+    counter)."""
+    pve.run_hookscript(HOOKSCRIPT, vmid, 'pre-start', hook_env(node, agent),
+                       stop_on_error=True)
+    with pve.ProxmoxVM(node, vmid, {'load': 'busy'}):
+        first = total_of(agent.wait_for_snapshot(
+            lambda s: any(i['uuid'] == key and i['total_uj'] > 0
+                          for i in s.instances), timeout=120), key)
+        agent.wait_for_snapshot(lambda s: total_of(s, key) > 3 * first,
+                                timeout=120)
+        with open(os.path.join(work, key, 'intel-rapl:0', 'energy_uj')) as f:
+            return first, int(f.read())
+
+
+def test_a_reused_vmid_starts_from_zero(pve_agent):
+    """VM 107 is destroyed and its VMID given to a new VM (a new smbios1
+    uuid, as Proxmox generates one): the qemu inventory reads -id and
+    -smbios from the new QEMU's command line, keys it anew, and its
+    counter starts from zero in its own directory; the old VM's is left
+    as it was."""
+    node, agent, work, export = pve_agent
+    old_key = new_vm(node, '107')
+    assert cli(node, agent, 'proxmox-share', '107', '--transport', '9p',
+               '--apply').returncode == 0
+    _, old_total = run_until_it_counts(node, agent, work, '107', old_key)
+    new_key = new_vm(node, '107')
+    assert cli(node, agent, 'proxmox-share', '107', '--transport', '9p',
+               '--apply').returncode == 0
+    new_first, _ = run_until_it_counts(node, agent, work, '107', new_key)
+    assert new_key != old_key
+    # The new VM's first published total is its own: below what the old
+    # one had reached, which its directory still holds.
+    assert new_first < old_total
+    with open(os.path.join(work, old_key, 'intel-rapl:0', 'energy_uj')) as f:
+        assert int(f.read()) == old_total

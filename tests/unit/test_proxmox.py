@@ -231,3 +231,11 @@ def test_foreign_shares(options, problem):
     else:
         (found,) = problems
         assert problem in found
+
+
+def test_other_nodes_are_added_to_this_one(tmp_path):
+    plan = proxmox.plan('105', 'virtiofs', '/e', pve_dir=pve_dir(tmp_path),
+                        node='pve1', nodes=['pve2', 'pve1'])
+    maps = [arg for arg in plan.commands[0] if arg.startswith('node=')]
+    assert maps == ['node=pve1,path=/e/proxmox-105-' + UUID,
+                    'node=pve2,path=/e/proxmox-105-' + UUID]
