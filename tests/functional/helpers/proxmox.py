@@ -47,11 +47,11 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 
 from scaph_openstack import proxmox
-from tests.functional.helpers import guest as guest_helper
+from tests.functional.faults import support
 from tests.functional.helpers import debian13
+from tests.functional.helpers import guest as guest_helper
 
 NODE = 'pve1'
 QEMU = '/usr/bin/qemu-system-x86_64'
@@ -332,8 +332,9 @@ class ProxmoxVM(guest_helper.SerialConsole):
                 stderr=open(os.path.join(self.tmp, 'qemu.log'), 'w'))
             # QEMU parses its arguments from that same memory: rewrite
             # them once it has, which its QMP socket shows.
-            wait_until(lambda: os.path.exists(self.qmp_path) or
-                       self.qemu.poll() is not None, 60, 'QMP socket')
+            support.wait_until(lambda: os.path.exists(self.qmp_path) or
+                               self.qemu.poll() is not None, 60,
+                               what='the QMP socket')
             placeholder = b'\0-L\0/' + b'x' * len(self.vmid) + b'\0'
             _rewrite_id_argument(self.qemu.pid, placeholder,
                                  b'\0-id\0' + self.vmid.encode() + b'\0')
@@ -387,12 +388,3 @@ class ProxmoxVM(guest_helper.SerialConsole):
         self.cleanup()
         return False
 
-
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise TimeoutError('no %s within %ss' % (what, timeout))
