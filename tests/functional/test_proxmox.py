@@ -12,6 +12,7 @@ bootcmd, which finds its share whatever the tag, mounts it read-only,
 reads a growing counter and fails every hostile probe.
 """
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -44,11 +45,12 @@ def snippet_bootcmd():
     return bootcmd
 
 
-@pytest.fixture
-def pve_agent(tmp_path):
+@contextlib.contextmanager
+def pve_agent_running(tmp_path, sections=None):
     """(node, agent, work, export): a Proxmox-like node and the agent
     with the qemu inventory and the share publisher, both reading the
-    same configuration file (the hookscript's too)."""
+    same configuration file (the hookscript's too); ``sections`` adds to
+    that configuration."""
     helpers.require_guests('needs root: mounts, QEMU and virtiofsd as '
                            'Proxmox runs them')
     helpers.require(os.access(pve.VIRTIOFSD, os.X_OK),
@@ -56,7 +58,7 @@ def pve_agent(tmp_path):
                     'bash tools/debian13-stack setup' % pve.VIRTIOFSD)
     node = pve.PveNode(tmp_path / 'node')
     work, export = str(tmp_path / 'work'), str(tmp_path / 'export')
-    sections = {
+    config = {
         'agent': {'interval': 0.5, 'publishers': 'snapshot,share',
                   'inventory': 'qemu'},
         'energy': {'source': 'rapl', 'use_privsep': False,
@@ -66,14 +68,22 @@ def pve_agent(tmp_path):
                   'min_interval': 0, 'resolution_uj': 1},
         'proxmox': {'pve_dir': node.pve_dir, 'node': node.node},
     }
+    for section, options in (sections or {}).items():
+        config.setdefault(section, {}).update(options)
     try:
         with rapl.MovingRapl(tmp_path / 'powercap'), \
-                agent_helper.Agent(tmp_path, sections) as agent:
+                agent_helper.Agent(tmp_path, config) as agent:
             agent.wait_for_snapshot(timeout=60)
             yield node, agent, work, export
     finally:
         for path in (export, work):
             subprocess.run(['umount', path], capture_output=True)
+
+
+@pytest.fixture
+def pve_agent(tmp_path):
+    with pve_agent_running(tmp_path) as running:
+        yield running
 
 
 def cli(node, agent, *argv):
@@ -96,9 +106,10 @@ def new_vm(node, vmid, name='web'):
     return proxmox.share_key(vmid, smbios)
 
 
-def boot_and_read(node, agent, work, vmid, key):
-    """Pre-start hookscript, QEMU as qemu-server starts it, the guest's
-    bootcmd and probes; returns (vm facts, reads, probes, auto lines)."""
+def boot_and_read(node, agent, work, vmid, key, **vm_options):
+    """Pre-start hookscript, QEMU as qemu-server starts it (ProxmoxVM with
+    ``vm_options``), the guest's bootcmd and probes, checked; returns
+    (QEMU's command line, its /proc/PID/exe, the SCAPH-AUTO lines)."""
     result = pve.run_hookscript(HOOKSCRIPT, vmid, 'pre-start',
                                 hook_env(node, agent), stop_on_error=True)
     assert 'share of VM %s ready' % vmid in result.stdout
@@ -108,10 +119,12 @@ def boot_and_read(node, agent, work, vmid, key):
     watcher = SnapshotWatcher(agent, key)
     watcher.start()
     vm = pve.ProxmoxVM(node, vmid, {'tag': 'auto', 'probes': 1,
-                                     'period': 1}, bootcmd=snippet_bootcmd())
+                                     'period': 1}, bootcmd=snippet_bootcmd(),
+                       **vm_options)
     try:
         with vm:
             cmdline = vm.cmdline()
+            exe = os.readlink('/proc/%d/exe' % vm.qemu.pid)
             vm.wait_for(r'SCAPH-MOUNT ok', timeout=300)
             vm.wait_probes(timeout=240)
             first = vm.line_count()
@@ -144,12 +157,12 @@ def boot_and_read(node, agent, work, vmid, key):
     # nothing the guest tried reached the host tree
     assert set(os.listdir(os.path.join(work, key))) <= {
         layout.PACKAGE_DIR, layout.DRAM_DIR, layout.META_FILE}
-    return cmdline, auto
+    return cmdline, exe, auto
 
 
-def test_9p_args_line_before_proxmox_8_4(pve_agent):
-    node, agent, work, export = pve_agent
-    vmid = '105'
+def share_over_9p(running, vmid, **vm_options):
+    """The 9p path for VM ``vmid``, from proxmox-share to the guest."""
+    node, agent, work, export = running
     key = new_vm(node, vmid)
     result = cli(node, agent, 'proxmox-share', vmid, '--transport', '9p',
                  '--apply')
@@ -158,16 +171,19 @@ def test_9p_args_line_before_proxmox_8_4(pve_agent):
     assert options['hookscript'] == VOLID
     assert 'readonly=on' in options['args']
     assert 'path=%s/%s ' % (export, key) in options['args']
-    cmdline, auto = boot_and_read(node, agent, work, vmid, key)
+    cmdline, exe, auto = boot_and_read(node, agent, work, vmid, key,
+                                       **vm_options)
     assert 'virtio-9p-pci,id=fs-scaph,fsdev=fsdev-scaph,' \
            'mount_tag=scaphandre' in cmdline
     assert auto == ['scaph-openstack: 9p share scaphandre mounted at '
                     '/var/scaphandre']
+    return exe
 
 
-def test_virtiofs_directory_mapping_from_proxmox_8_4(pve_agent):
-    node, agent, work, export = pve_agent
-    vmid = '106'
+def share_over_virtiofs(running, vmid, **vm_options):
+    """The directory mapping path for VM ``vmid``, from proxmox-share to
+    the guest."""
+    node, agent, work, export = running
     key = new_vm(node, vmid)
     result = cli(node, agent, 'proxmox-share', vmid, '--apply')
     assert result.returncode == 0, result.stderr
@@ -176,7 +192,8 @@ def test_virtiofs_directory_mapping_from_proxmox_8_4(pve_agent):
     assert options['virtiofs0'] == dirid and len(dirid) <= 36
     assert options['hookscript'] == VOLID
     assert node.mapping_path(dirid) == '%s/%s' % (export, key)
-    cmdline, auto = boot_and_read(node, agent, work, vmid, key)
+    cmdline, exe, auto = boot_and_read(node, agent, work, vmid, key,
+                                       **vm_options)
     assert 'vhost-user-fs-pci,queue-size=1024,chardev=virtiofs0,tag=%s' \
            % dirid in cmdline
     assert 'memory-backend-memfd,id=virtiofs-mem,size=256M,share=on' \
@@ -184,6 +201,15 @@ def test_virtiofs_directory_mapping_from_proxmox_8_4(pve_agent):
     # The tag is not the snippet's "scaphandre": found from the SMBIOS uuid.
     assert auto == ['scaph-openstack: virtiofs share %s mounted at '
                     '/var/scaphandre' % dirid]
+    return exe
+
+
+def test_9p_args_line_before_proxmox_8_4(pve_agent):
+    assert share_over_9p(pve_agent, '105') == pve.QEMU
+
+
+def test_virtiofs_directory_mapping_from_proxmox_8_4(pve_agent):
+    assert share_over_virtiofs(pve_agent, '106') == pve.QEMU
 
 
 def test_hookscript_refuses_a_clone_of_either_transport(pve_agent):

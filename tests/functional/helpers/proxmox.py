@@ -31,8 +31,12 @@ There is no Proxmox here. What stands in, and how close it is:
 - ``-id VMID`` is an option of Proxmox's patched QEMU; upstream QEMU
   refuses it. QEMU is started with ``-L /xxx`` (a data directory that does
   not exist, same length) where Proxmox has ``-id VMID``, and those bytes
-  of its argument area are then rewritten through /proc/PID/mem, so that
+  of its argument area are then rewritten through /proc/PID/mem, once
+  QEMU has parsed them (its QMP socket exists), so that
   /proc/PID/cmdline, what the qemu inventory reads, is Proxmox's.
+
+QEMU is this host's (Debian 12, 7.2), or with ``root`` Debian 13's 10.0
+in that root (chroot), the generation of Proxmox VE 9.
 
 virtiofsd is Debian 13's 1.13 (the version Proxmox VE 8.4 and 9 ship),
 run from the Debian 13 root of tools/debian13-stack through that root's
@@ -236,13 +240,19 @@ class ProxmoxVM(guest_helper.SerialConsole):
     pre-start phase."""
 
     def __init__(self, node, vmid, cmdline_params, bootcmd=None,
-                 flavour='amd64'):
+                 flavour='amd64', root=None, images=None, tmp_base=None):
+        """``root``: a Debian 13 root of tools/debian13-stack to run QEMU
+        in (chroot; Proxmox VE 9 is built on Debian 13), with ``images``
+        (kernel, initrd) and ``tmp_base`` (its sockets, serial log and
+        initrd) at paths that root sees (debian13.SHARED_DIR)."""
         self.node = node
         self.vmid = str(vmid)
         self.cmdline_params = dict(cmdline_params)
         self.bootcmd = bootcmd
         self.flavour = flavour
-        self.tmp = tempfile.mkdtemp(prefix='scaph-test-pve-')
+        self.root = root
+        self.images = images
+        self.tmp = tempfile.mkdtemp(prefix='scaph-test-pve-', dir=tmp_base)
         self.serial_log = os.path.join(self.tmp, 'serial.log')
         self.qmp_path = os.path.join(self.tmp, '%s.qmp' % self.vmid)
         self.name = None
@@ -313,7 +323,7 @@ class ProxmoxVM(guest_helper.SerialConsole):
     # -- lifecycle -----------------------------------------------------------
 
     def start(self):
-        kernel, initrd = guest_helper.build_image(self.flavour)
+        kernel, initrd = self.images or guest_helper.build_image(self.flavour)
         if self.bootcmd is not None:
             extra = os.path.join(self.tmp, 'extra.cpio.gz')
             extra_initrd(extra, {'scaph-bootcmd.sh':
@@ -328,6 +338,7 @@ class ProxmoxVM(guest_helper.SerialConsole):
             argv = self.argv(kernel, initrd)
             self.qemu = subprocess.Popen(
                 argv, executable=QEMU, start_new_session=True,
+                preexec_fn=self._chroot if self.root else None,
                 stdout=subprocess.DEVNULL,
                 stderr=open(os.path.join(self.tmp, 'qemu.log'), 'w'))
             # QEMU parses its arguments from that same memory: rewrite
@@ -347,6 +358,10 @@ class ProxmoxVM(guest_helper.SerialConsole):
                 sock.close()
             self._sockets = []
         return self
+
+    def _chroot(self):
+        os.chroot(self.root)
+        os.chdir('/')
 
     def cmdline(self):
         with open('/proc/%d/cmdline' % self.qemu.pid, 'rb') as f:
