@@ -296,7 +296,8 @@ def cmd_proxmox_hook(args, out=sys.stdout):
     if problems:
         return _fail('VM %s not started: %s. Was it cloned? Its guest would '
                      'read another VM\'s energy. Run "scaph-openstack '
-                     'proxmox-share %s --apply" and remove the old option'
+                     'proxmox-share %s --apply", which replaces the copied '
+                     'option'
                      % (args.vmid, '; '.join(problems), args.vmid), 1)
     try:
         mounts.create_proxmox_share(key)
