@@ -34,6 +34,26 @@ def test_a_growing_counter_is_written_in_place(tmp_path, dir_fd):
     assert stat.S_IMODE(st.st_mode) == 0o444
 
 
+def test_reading_to_the_end_in_two_reads_can_join_two_states(tmp_path,
+                                                              dir_fd):
+    """What doc/share.md says readers of the share may see: Python's
+    f.read() reads up to the size fstat gave, then reads again for the
+    end. A counter that gained a digit in place between the two reads
+    comes back as the old text and the new one's last byte; one read(2)
+    sees one state."""
+    write(tmp_path / 'energy_uj', b'7407023\n')
+    fd = os.open(tmp_path / 'energy_uj', os.O_RDONLY)
+    try:
+        first = os.read(fd, 9)                   # readall: size + 1
+        assert fileutil.update_at(dir_fd, 'energy_uj', b'15407023\n')
+        joined = first + os.read(fd, 1)                     # the end probe
+        assert joined == b'7407023\n\n'
+        assert int(joined) == 7407023           # white space stripped
+        assert os.pread(fd, 1 << 20, 0) == b'15407023\n'
+    finally:
+        os.close(fd)
+
+
 def test_a_missing_file_is_created_with_its_mode(tmp_path, dir_fd):
     assert not fileutil.update_at(dir_fd, 'name', b'package-0\n',
                                   mode=0o444)

@@ -66,6 +66,20 @@ def read_bytes(path):
         return f.read()
 
 
+def read_once(path, limit=1 << 20):
+    """A file's bytes from one read(2): one state of the file. f.read()
+    (FileIO.readall) reads up to fstat's size and then probes for the end
+    with a second read(2); a share file updated in place
+    (fileutil.update_at) that grew in between (a counter gaining a digit)
+    then reads as the old text and the new text's last byte, b'7407023\n'
+    + b'\n' (doc/share.md). One read of tmpfs returns the whole file."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
+
+
 def read_json(path):
     """The parsed JSON file, or None when it cannot be read/parsed."""
     try:
@@ -593,8 +607,7 @@ class Watcher:
         seen = False
         while not self._stop.is_set():
             try:
-                with open(path, 'rb') as f:
-                    data = f.read()
+                data = read_once(path)
             except FileNotFoundError:
                 if seen:
                     self._fail('%s: disappeared' % path)
