@@ -125,9 +125,10 @@ def config_path(vmid, pve_dir=None):
                         '%s.conf' % _vmid(vmid))
 
 
-def read_config(vmid, pve_dir=None):
-    """(path, text) of VM ``vmid``'s configuration on this node."""
-    path = config_path(vmid, pve_dir)
+def read_config(vmid, pve_dir=None, path=None):
+    """(path, text) of VM ``vmid``'s configuration on this node, or of
+    the file ``path`` when given."""
+    path = path or config_path(vmid, pve_dir)
     try:
         with open(path) as f:
             return path, f.read()
@@ -147,16 +148,8 @@ def vm_share_key(vmid, config_dir=None):
     """VM ``vmid``'s share key, from ``<config_dir>/<vmid>.conf``
     (default: the node's VM configurations, PVE_CONFIG_DIR)."""
     vmid = _vmid(vmid)
-    if config_dir is None:
-        path, text = read_config(vmid)
-    else:
-        path = os.path.join(config_dir, '%s.conf' % vmid)
-        try:
-            with open(path) as f:
-                text = f.read()
-        except OSError as exc:
-            raise ProxmoxError('cannot read the configuration of VM %s: %s'
-                               % (vmid, exc))
+    path, text = read_config(vmid, path=config_dir and os.path.join(
+        config_dir, '%s.conf' % vmid))
     return key_of_config(vmid, path, text)
 
 

@@ -84,13 +84,23 @@ def start_if_root():
 
 # -- what callers may give ---------------------------------------------------
 
-def check_share_name(name):
-    """An instance UUID, or a Proxmox VM's key (scaph_openstack.proxmox:
-    ``proxmox-<VMID>-<uuid>``): the names a share directory may have."""
+def check_proxmox_key(key):
+    """A Proxmox VM's share key as scaph_openstack.proxmox.share_key makes
+    it: ``proxmox-<VMID>-<uuid>``, lower case."""
     from scaph_openstack import proxmox
-    if proxmox.is_share_key(name) and name == name.lower():
-        return name
-    return check_uuid(name)
+    if not (proxmox.is_share_key(key) and key == key.lower()):
+        raise Refused('%r is not a Proxmox VM share key '
+                      '(proxmox-<VMID>-<uuid>)' % (key,))
+    return key
+
+
+def check_share_name(name):
+    """An instance UUID, or a Proxmox VM's key: the names a share
+    directory may have."""
+    try:
+        return check_proxmox_key(name)
+    except Refused:
+        return check_uuid(name)
 
 
 def check_uuid(uuid):

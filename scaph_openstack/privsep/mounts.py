@@ -282,10 +282,7 @@ def create_proxmox_share(key):
     """For the Proxmox hookscript: VM ``key``'s initial tree (key of
     scaph_openstack.proxmox.share_key), before QEMU or virtiofsd opens it.
     Present files are kept."""
-    from scaph_openstack import proxmox
-    if not (proxmox.is_share_key(key) and key == key.lower()):
-        raise privsep.Refused('%r is not a Proxmox VM share key '
-                              '(proxmox-<VMID>-<uuid>)' % (key,))
+    privsep.check_proxmox_key(key)
     write_instance_share(privsep.share_settings().work_dir, key, False,
                          privsep.require_tmpfs())
 
